@@ -1,0 +1,3 @@
+from geovq.cli import main
+
+main()

@@ -1,0 +1,267 @@
+"""The ``geovq`` command line: flags -> settings -> a stage -> a table or JSON. No logic here.
+
+Every subcommand takes the global options (``--run-dir``, ``--config``, ``--device``,
+``--seed``, ``--force``, ``--quiet``, ``--json``). Options default to None and only flags the
+user typed become overrides, so a config file or the environment is never silently beaten by
+an unset flag's default.
+"""
+
+
+import functools
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from geovq import GeovqError, Interrupted
+from geovq.progress import make_progress
+from geovq.settings import load_settings
+from geovq.stages.record import StageResult
+
+app = typer.Typer(
+    name="geovq",
+    help="A-posteriori vector quantization of learned latent spaces.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Globals:
+    run_dir: Path | None
+    config: Path | None
+    device: str | None
+    seed: int | None
+    force: bool | None
+    quiet: bool | None
+    json: bool | None
+
+
+_GLOBAL_OPTIONS = [
+    (
+        "run_dir",
+        Path | None,
+        typer.Option("--run-dir", help="Run directory [default: runs/default]."),
+    ),
+    (
+        "config",
+        Path | None,
+        typer.Option("--config", help="TOML config [default: RUN/geovq.toml]."),
+    ),
+    ("device", str | None, typer.Option("--device", help="auto | cpu | cuda [default: auto].")),
+    ("seed", int | None, typer.Option("--seed", help="Random seed [default: 0].")),
+    ("force", bool | None, typer.Option("--force", help="Overwrite, or use changed inputs.")),
+    ("quiet", bool | None, typer.Option("--quiet", "-q", help="No progress or logs.")),
+    ("json", bool | None, typer.Option("--json", help="Print the result as one JSON object.")),
+]
+
+
+def command(name: str) -> Callable:
+    """Register ``fn(g: Globals, **options)`` as subcommand ``name`` with the global options."""
+
+    def register(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+        own = [p for p in signature.parameters.values() if p.name != "g"]
+        extra = [
+            inspect.Parameter(
+                n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[t, o]
+            )
+            for n, t, o in _GLOBAL_OPTIONS
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> None:
+            g = Globals(**{n: kwargs.pop(n) for n, _, _ in _GLOBAL_OPTIONS})
+            fn(g, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + extra)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+        app.command(name, help=inspect.getdoc(fn))(wrapper)
+        return fn
+
+    return register
+
+
+def _prune(tree: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset (None) options, and sections left empty."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _prune(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def run_stage(g: Globals, stage: Callable[..., StageResult], overrides: dict[str, Any]) -> None:
+    """Build settings, run the stage, print its result; user errors become one stderr line."""
+    top = {"run_dir": g.run_dir, "device": g.device, "seed": g.seed, "force": g.force}
+    quiet = bool(g.quiet or g.json)
+    progress = make_progress(quiet)
+    try:
+        settings = load_settings(_prune({**top, **overrides}), config=g.config)
+        result = stage(settings, progress)
+    except GeovqError as error:
+        progress.close()
+        _fail(str(error), EXIT_USER_ERROR)
+    except Interrupted as error:
+        progress.close()
+        _fail(str(error), EXIT_INTERRUPTED)
+    progress.close()
+    _print_result(result, as_json=bool(g.json))
+
+
+def _fail(message: str, code: int) -> None:
+    if os.environ.get("GEOVQ_DEBUG") == "1":
+        raise
+    print(f"geovq: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _print_result(result: StageResult, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=result.title or result.stage)
+    for column in result.columns:
+        table.add_column(column)
+    for row in result.rows:
+        table.add_row(*[str(cell) for cell in row])
+    console = Console()
+    console.print(table)
+    for note in result.notes:
+        console.print(note, highlight=False, markup=False)
+
+
+# -- option types ------------------------------------------------------------------------------
+Dataset = Annotated[
+    str | None,
+    typer.Option("--dataset", help="mnist5k | mnist | fashion-mnist | cifar10 | folder:PATH."),
+]
+Limit = Annotated[
+    int | None, typer.Option("--limit", help="First N images per split (stratified).")
+]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where downloadable datasets live.")
+]
+Download = Annotated[
+    bool | None, typer.Option("--download", help="Download the dataset if missing.")
+]
+ImageSize = Annotated[
+    int | None, typer.Option("--image-size", help="Resize folder images to N x N.")
+]
+Channels = Annotated[
+    int | None, typer.Option("--channels", help="1 (grayscale) or 3 (RGB) for folders.")
+]
+Epochs = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
+Resume = Annotated[bool | None, typer.Option("--resume", help="Continue from the last checkpoint.")]
+
+
+def _data(dataset, limit, data_dir, download, image_size, channels) -> dict[str, Any]:
+    return {
+        "dataset": dataset,
+        "limit": limit,
+        "data_dir": data_dir,
+        "download": download,
+        "image_size": image_size,
+        "channels": channels,
+    }
+
+
+# -- commands ----------------------------------------------------------------------------------
+@command("train-vae")
+def train_vae_command(
+    g: Globals,
+    dataset: Dataset = None,
+    limit: Limit = None,
+    data_dir: DataDir = None,
+    download: Download = None,
+    image_size: ImageSize = None,
+    channels: Channels = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    beta: Annotated[float | None, typer.Option("--beta", help="KL weight.")] = None,
+    recon_loss: Annotated[
+        str | None, typer.Option("--recon-loss", help="auto | bce | mse.")
+    ] = None,
+    latent: Annotated[str | None, typer.Option("--latent", help="flat | spatial.")] = None,
+    latent_dim: Annotated[
+        int | None, typer.Option("--latent-dim", help="Flat latent size.")
+    ] = None,
+    spatial_channels: Annotated[
+        int | None, typer.Option("--spatial-channels", help="Channels per position (spatial).")
+    ] = None,
+    resume: Resume = None,
+) -> None:
+    """Train the continuous convolutional VAE."""
+    from geovq.stages import train_vae
+
+    vae = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "beta": beta,
+        "recon_loss": recon_loss,
+        "latent": latent,
+        "latent_dim": latent_dim,
+        "spatial_channels": spatial_channels,
+        "resume": resume,
+    }
+    data = _data(dataset, limit, data_dir, download, image_size, channels)
+    run_stage(g, train_vae.run, {"data": data, "vae": vae})
+
+
+@command("extract")
+def extract_command(
+    g: Globals,
+    dataset: Dataset = None,
+    limit: Limit = None,
+    data_dir: DataDir = None,
+    download: Download = None,
+    image_size: ImageSize = None,
+    channels: Channels = None,
+    as_name: Annotated[
+        str | None, typer.Option("--as", help="Encode --dataset as one more split NAME.")
+    ] = None,
+    batch_size: BatchSize = None,
+) -> None:
+    """Encode every split with the trained VAE into latents (mu, log sigma^2)."""
+    from geovq.stages import extract
+
+    data = _data(dataset, limit, data_dir, download, image_size, channels)
+    if as_name is None and _prune(data):
+        _fail("--dataset and other data options need --as NAME with extract", EXIT_USER_ERROR)
+    run_stage(
+        g, extract.run, {"data": data, "extract": {"as_name": as_name, "batch_size": batch_size}}
+    )
+
+
+@command("info")
+def info_command(g: Globals) -> None:
+    """Summarise the run directory: stages, key figures, artifacts, currency."""
+    from geovq.stages import info
+
+    run_stage(g, info.run, {})
+
+
+def main() -> None:
+    app()

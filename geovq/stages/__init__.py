@@ -1,0 +1,1 @@
+"""Stages: one module per subcommand, each a ``run(settings, progress) -> StageResult``."""

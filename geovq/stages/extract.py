@@ -1,0 +1,109 @@
+"""``geovq extract``: encode every split with the trained VAE into ``latents.safetensors``.
+
+``--as NAME`` encodes another dataset (resized to the VAE's image shape) into one more split
+beside the run's own; its data settings are kept in the file's metadata so a later plain
+``extract`` re-encodes it too and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from geovq import GeovqError
+from geovq.data import Dataset, Split, load_dataset, to_float
+from geovq.models.vae import VAE
+from geovq.progress import NullProgress
+from geovq.rundir import RunDir
+from geovq.settings import DataSettings, Settings
+from geovq.stages.loaders import LATENTS_FILE, load_vae, run_data_settings
+from geovq.stages.record import StageResult, StageRun
+from geovq.training import resolve_device
+
+STAGE = "extract"
+OWN_SPLITS = ("train", "test")
+
+
+@torch.no_grad()
+def encode_split(
+    model: VAE, images_u8: torch.Tensor, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) uint8 -> mu, logvar (N, D) float32 on the CPU; batched, deterministic."""
+    mus, logvars = [], []
+    for start in range(0, images_u8.shape[0], batch_size):
+        images = to_float(images_u8[start : start + batch_size].to(device))
+        mu, logvar = model.encode(images)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus), torch.cat(logvars)
+
+
+def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
+    progress = progress or NullProgress()
+    run_dir = RunDir(settings.run_dir)
+    device = resolve_device(settings.device)
+    record = StageRun(run_dir, STAGE, {}, device, settings.seed)
+    model, vae_meta = load_vae(run_dir, device, settings.force, reader=record.read)
+    image_shape = (model.config.channels, model.config.height, model.config.width)
+    own = load_dataset(run_data_settings(run_dir))
+    extras = _previous_extras(run_dir)
+    as_name = settings.extract.as_name
+    if as_name is not None:
+        if as_name in OWN_SPLITS:
+            raise GeovqError(f"--as {as_name} would replace the run's own split; pick another name")
+        extras[as_name] = json.loads(
+            _extra_data_settings(settings.data, image_shape).model_dump_json()
+        )
+
+    splits: dict[str, Split] = {name: own.splits[name] for name in OWN_SPLITS}
+    for name, data_json in extras.items():
+        splits[name] = _whole(load_dataset(DataSettings(**data_json)), image_shape, name)
+
+    tensors: dict[str, torch.Tensor] = {}
+    progress.start("extract", total=len(splits))
+    for name, split in splits.items():
+        mu, logvar = encode_split(model, split.images, settings.extract.batch_size, device)
+        tensors.update({f"{name}.mu": mu, f"{name}.logvar": logvar, f"{name}.labels": split.labels})
+        progress.advance(1)
+    progress.finish()
+    metadata = {
+        "grid": json.dumps(model.config.latent_grid),
+        "latent_dim": str(model.config.total_latent_dim),
+        "vae_config": vae_meta["config"],
+        "extra_splits": json.dumps(extras),
+    }
+    record.settings = {"extract": {"extra_splits": extras}, "seed": settings.seed}
+    record.write(LATENTS_FILE, tensors, metadata)
+    counts = {name: len(split) for name, split in splits.items()}
+    metrics = {"splits": counts, "latent_dim": model.config.total_latent_dim}
+    record.finish(metrics)
+    rows = [[name, f"{count} x {model.config.total_latent_dim}"] for name, count in counts.items()]
+    return StageResult(
+        STAGE, metrics, record.outputs, title="extract", columns=["split", "latents"], rows=rows
+    )
+
+
+def _previous_extras(run_dir: RunDir) -> dict[str, dict]:
+    if not run_dir.exists(LATENTS_FILE):
+        return {}
+    _, metadata = run_dir.load_tensors(LATENTS_FILE, "latents")
+    return json.loads(metadata.get("extra_splits", "{}"))
+
+
+def _extra_data_settings(data: DataSettings, image_shape: tuple[int, int, int]) -> DataSettings:
+    """The user's dataset, forced to the VAE's channels (and size, for image folders)."""
+    channels, height, width = image_shape
+    size = height if data.dataset.startswith("folder:") and height == width else data.image_size
+    return data.model_copy(update={"channels": channels, "image_size": size})
+
+
+def _whole(dataset: Dataset, image_shape: tuple[int, int, int], name: str) -> Split:
+    """Every image of an extra dataset as one split; its shape must match the VAE's."""
+    if dataset.image_shape != image_shape:
+        raise GeovqError(
+            f"dataset {dataset.name} has images of shape {dataset.image_shape}, the VAE expects "
+            f"{image_shape}; pick a dataset of that shape for --as {name}"
+        )
+    parts = list(dataset.splits.values())
+    return Split(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))

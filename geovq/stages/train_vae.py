@@ -1,0 +1,147 @@
+"""``geovq train-vae``: train the continuous VAE whose latents are quantized afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from geovq import GeovqError
+from geovq.data import Dataset, load_dataset, to_float
+from geovq.models.vae import VAE, VAEConfig, kl_divergence, reconstruction_loss
+from geovq.progress import NullProgress
+from geovq.rundir import RunDir
+from geovq.settings import Settings
+from geovq.stages.loaders import VAE_FILE
+from geovq.stages.record import StageResult, StageRun
+from geovq.training import TrainConfig, resolve_device, train
+
+STAGE = "train-vae"
+CHECKPOINT = "checkpoints/train-vae.safetensors"
+EVAL_BATCH = 1000
+
+
+def vae_config(settings: Settings, dataset: Dataset) -> VAEConfig:
+    channels, height, width = dataset.image_shape
+    if height % 4 or width % 4:
+        raise GeovqError(
+            f"image size {height}x{width} is not divisible by 4 as the conv trunk needs; "
+            "pass --image-size with a multiple of 4"
+        )
+    vae = settings.vae
+    return VAEConfig(
+        channels=channels,
+        height=height,
+        width=width,
+        latent=vae.latent,
+        latent_dim=vae.latent_dim,
+        spatial_channels=vae.spatial_channels,
+    )
+
+
+def recon_kind(settings: Settings, channels: int) -> str:
+    """``auto``: Bernoulli (bce) for grayscale, Gaussian (mse) for RGB."""
+    if settings.vae.recon_loss != "auto":
+        return settings.vae.recon_loss
+    return "bce" if channels == 1 else "mse"
+
+
+def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
+    progress = progress or NullProgress()
+    run_dir = RunDir(settings.run_dir)
+    device = resolve_device(settings.device)
+    dataset = load_dataset(settings.data)
+    config = vae_config(settings, dataset)
+    recon = recon_kind(settings, config.channels)
+    record = StageRun(run_dir, STAGE, _recorded_settings(settings), device, settings.seed)
+
+    torch.manual_seed(settings.seed)
+    model = VAE(config).to(device)
+    train_images = dataset.splits["train"].images.to(device)
+    test_images = dataset.splits["test"].images.to(device)
+    beta = settings.vae.beta
+
+    def step(batch, generator):
+        images = to_float(batch[0])
+        logits, mu, logvar = model(images, generator)
+        rec = reconstruction_loss(logits, images, recon)
+        kl = kl_divergence(mu, logvar)
+        loss = rec + beta * kl
+        return loss, {"loss": loss, "recon": rec, "kl": kl}
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_vae(model, test_images, recon, beta, settings.seed)
+
+    result = train(
+        model,
+        [train_images],
+        step,
+        evaluate,
+        TrainConfig(
+            settings.vae.epochs,
+            settings.vae.batch_size,
+            settings.vae.lr,
+            settings.seed,
+            settings.vae.resume,
+        ),
+        run_dir,
+        CHECKPOINT,
+        progress=progress,
+        label="train-vae",
+    )
+    final = result.history[-1] if result.history else {}
+    metadata = {
+        "config": config.to_json(),
+        "recon_loss": recon,
+        "data": settings.data.model_dump_json(),
+    }
+    record.write(VAE_FILE, model.state_dict(), metadata)
+    metrics = {
+        "test_loss": final.get("test_loss"),
+        "test_mse_per_pixel": final.get("test_mse_per_pixel"),
+        "test_kl": final.get("test_kl"),
+        "train_loss": final.get("train_loss"),
+        "images_per_s": round(result.images_per_s, 1),
+        "epochs": settings.vae.epochs,
+        "resumed_from": result.resumed_from,
+        "history": result.history,
+        "latent_dim": config.total_latent_dim,
+    }
+    record.finish(metrics)
+    rows = [
+        [k, _fmt(metrics[k])]
+        for k in ("train_loss", "test_loss", "test_mse_per_pixel", "test_kl", "images_per_s")
+    ]
+    return StageResult(STAGE, metrics, record.outputs, title="train-vae", rows=rows)
+
+
+def evaluate_vae(
+    model: VAE, images_u8: torch.Tensor, recon: str, beta: float, seed: int
+) -> dict[str, float]:
+    """Test loss (ELBO terms with fixed noise) and MSE per pixel of decoding mu."""
+    generator = torch.Generator(device=images_u8.device).manual_seed(seed + 7)
+    n = images_u8.shape[0]
+    loss = kl = sq_err = 0.0
+    for start in range(0, n, EVAL_BATCH):
+        images = to_float(images_u8[start : start + EVAL_BATCH])
+        logits, mu, logvar = model(images, generator)
+        count = images.shape[0]
+        kl_batch = float(kl_divergence(mu, logvar))
+        loss += (float(reconstruction_loss(logits, images, recon)) + beta * kl_batch) * count
+        kl += kl_batch * count
+        sq_err += float(((torch.sigmoid(model.decode(mu)) - images) ** 2).sum())
+    pixels = images_u8[0].numel() * n
+    return {"test_loss": loss / n, "test_kl": kl / n, "test_mse_per_pixel": sq_err / pixels}
+
+
+def _recorded_settings(settings: Settings) -> dict:
+    return {
+        "data": json.loads(settings.data.model_dump_json()),
+        "vae": json.loads(settings.vae.model_dump_json()),
+        "seed": settings.seed,
+        "device": settings.device,
+    }
+
+
+def _fmt(value) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,154 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geovq.rundir import RunDir
+from tests.helpers import cli, snapshot
+
+TINY = ("--limit", "32", "--epochs", "1", "--device", "cpu")
+
+
+def test_train_vae_then_extract_shapes(tmp_path):
+    run = tmp_path / "run"
+    result = cli("train-vae", "--run-dir", run, *TINY, "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)  # stdout is exactly one JSON document
+    assert payload["schema_version"] == 1 and payload["stage"] == "train-vae"
+    assert payload["metrics"]["test_mse_per_pixel"] > 0
+    assert cli("extract", "--run-dir", run, "--quiet").exit_code == 0
+    latents = load_file(run / "latents.safetensors")
+    assert latents["train.mu"].shape == (32, 32) and latents["test.logvar"].shape == (32, 32)
+    assert latents["train.labels"].dtype == torch.int64
+    manifest = json.loads((run / "manifest.json").read_text())
+    vae = manifest["stages"]["train-vae"]
+    assert vae["settings"]["data"]["limit"] == 32
+    assert vae["outputs"]["vae.safetensors"]["sha256"]
+    assert (
+        manifest["stages"]["extract"]["inputs"]["vae.safetensors"]
+        == vae["outputs"]["vae.safetensors"]["sha256"]
+    )
+
+
+def test_extract_is_deterministic(tiny_run):
+    before = (tiny_run / "latents.safetensors").read_bytes()
+    assert cli("extract", "--run-dir", tiny_run, "-q").exit_code == 0
+    assert (tiny_run / "latents.safetensors").read_bytes() == before
+
+
+def test_extract_as_adds_a_split_and_keeps_it(tiny_run, tmp_path):
+    from tests.test_data import _write_pngs
+
+    _write_pngs(tmp_path / "ext", size=(20, 20), per_class=3)
+    result = cli(
+        "extract",
+        "--run-dir",
+        tiny_run,
+        "--dataset",
+        f"folder:{tmp_path / 'ext'}",
+        "--as",
+        "ext",
+        "-q",
+    )
+    assert result.exit_code == 0, result.stderr
+    latents = load_file(tiny_run / "latents.safetensors")
+    assert latents["ext.mu"].shape == (6, 32)  # resized to 28x28, every image
+    assert cli("extract", "--run-dir", tiny_run, "-q").exit_code == 0
+    assert "ext.mu" in load_file(tiny_run / "latents.safetensors")
+
+
+def test_spatial_latent_extracts_with_grid(tmp_path):
+    run = tmp_path / "run"
+    assert cli("train-vae", "--run-dir", run, *TINY, "--latent", "spatial", "-q").exit_code == 0
+    assert cli("extract", "--run-dir", run, "-q").exit_code == 0
+    tensors, metadata = RunDir(run).load_tensors("latents.safetensors", "latents")
+    assert json.loads(metadata["grid"]) == [7, 7]
+    assert tensors["train.mu"].shape == (32, 196)
+
+
+def test_info_table_and_json(tiny_run):
+    table = cli("info", "--run-dir", tiny_run)
+    assert table.exit_code == 0 and "train-vae" in table.stdout and "extract" in table.stdout
+    info = json.loads(cli("info", "--run-dir", tiny_run, "--json").stdout)
+    assert info["metrics"]["stages"]["extract"]["current"] is True
+    (tiny_run / "latents.safetensors").write_bytes(b"changed")
+    info = json.loads(cli("info", "--run-dir", tiny_run, "--json").stdout)
+    assert info["metrics"]["stages"]["extract"]["current"] is False
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    straight, split = tmp_path / "a", tmp_path / "b"
+    assert cli("train-vae", "--run-dir", straight, *TINY[:2], "--epochs", "2", "-q").exit_code == 0
+    assert cli("train-vae", "--run-dir", split, *TINY[:2], "--epochs", "1", "-q").exit_code == 0
+    assert (
+        cli("train-vae", "--run-dir", split, *TINY[:2], "--epochs", "2", "--resume", "-q").exit_code
+        == 0
+    )
+    a, b = load_file(straight / "vae.safetensors"), load_file(split / "vae.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+BAD_TRAIN = [
+    (("--dataset", "mnist6k"), "unknown dataset 'mnist6k'"),
+    (("--dataset", "folder:/no/such/dir"), "/no/such/dir"),
+    (("--epochs", "0"), "--epochs"),
+    (("--lr", "-0.1"), "--lr"),
+    (("--limit", "4001"), "--limit 4001"),
+    (("--device", "cuda"), "--device cuda"),
+    (("--resume",), "no checkpoint"),
+    (("--latent", "blob"), "--latent"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_TRAIN)
+def test_bad_train_input(tiny_run, args, needle):
+    if args == ("--device", "cuda") and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    if args == ("--resume",):
+        for path in (tiny_run / "checkpoints").iterdir():
+            path.unlink()
+    before = snapshot(tiny_run)
+    result = cli("train-vae", "--run-dir", tiny_run, "--limit", "8", *args)
+    assert result.exit_code != 0
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert snapshot(tiny_run) == before
+
+
+def test_commands_on_a_directory_without_a_vae(tmp_path):
+    for command in ("extract", "info"):
+        result = cli(command, "--run-dir", tmp_path / "empty")
+        assert result.exit_code != 0 and "geovq train-vae" in result.stderr
+    assert not (tmp_path / "empty").exists()
+
+
+def test_corrupted_vae(tiny_run):
+    data = (tiny_run / "vae.safetensors").read_bytes()
+    (tiny_run / "vae.safetensors").write_bytes(data[:1000])
+    before = snapshot(tiny_run)
+    result = cli("extract", "--run-dir", tiny_run, "--force")
+    assert result.exit_code != 0 and "corrupted or truncated" in result.stderr
+    assert snapshot(tiny_run) == before
+
+
+def test_changed_vae_is_refused_without_force(tiny_run):
+    run = RunDir(tiny_run)
+    weights, metadata = run.load_tensors("vae.safetensors", "vae")
+    weights["decoder.net.0.bias"] += 1
+    run.save_tensors("vae.safetensors", weights, metadata)
+    result = cli("extract", "--run-dir", tiny_run)
+    assert result.exit_code != 0 and "changed since" in result.stderr
+    assert cli("extract", "--run-dir", tiny_run, "--force", "-q").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [("[vae]\nepochz = 1\n", "vae.epochz"), ("[vae]\nepochs = 'x'\n", "--epochs")],
+)
+def test_bad_config_file(tmp_path, toml, needle):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    result = cli("train-vae", "--run-dir", tmp_path / "run", "--config", config)
+    assert result.exit_code != 0 and needle in result.stderr
+    assert not (tmp_path / "run").exists()

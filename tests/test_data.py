@@ -1,0 +1,115 @@
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from geovq import GeovqError
+from geovq.data import load_dataset, stratified_head, to_float
+from geovq.settings import DataSettings
+
+
+def test_mnist5k_is_embedded_and_split_stratified():
+    dataset = load_dataset(DataSettings())
+    train, test = dataset.splits["train"], dataset.splits["test"]
+    assert (len(train), len(test)) == (4000, 1000)
+    assert torch.bincount(train.labels).tolist() == [400] * 10
+    assert torch.bincount(test.labels).tolist() == [100] * 10
+    assert dataset.image_shape == (1, 28, 28)
+    pixels = to_float(train.images)
+    assert pixels.min() == 0.0 and pixels.max() == 1.0
+    # Real digits: about a fifth of MNIST pixels are ink.
+    assert 0.1 < (pixels > 0.5).float().mean() < 0.3
+    # Disjoint splits: no test image is also a train image.
+    train_keys = {bytes(img.numpy()) for img in train.images}
+    assert not any(bytes(img.numpy()) in train_keys for img in test.images)
+
+
+def test_limit_is_stratified():
+    dataset = load_dataset(DataSettings(limit=30))
+    assert torch.bincount(dataset.splits["train"].labels).tolist() == [3] * 10
+    assert len(dataset.splits["test"]) == 30
+
+
+def test_stratified_head_round_robin():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    picked = stratified_head(labels, 4)
+    assert sorted(labels[picked].tolist()) == [0, 0, 1, 2]
+
+
+def test_limit_larger_than_data():
+    with pytest.raises(GeovqError, match="--limit 5000"):
+        load_dataset(DataSettings(limit=5000))
+
+
+def test_unknown_dataset():
+    with pytest.raises(GeovqError, match="unknown dataset 'mnist6k'"):
+        load_dataset(DataSettings(dataset="mnist6k"))
+
+
+def _write_idx(path, array: np.ndarray, magic: int):
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")]
+)
+def test_torchvision_idx_files_load(tmp_path, name, folder):
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sizes = {"train": 12, "t10k": 5}
+    for prefix, n in sizes.items():
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 0x803)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, 0x801)
+    dataset = load_dataset(DataSettings(dataset=name, data_dir=tmp_path))
+    assert dataset.splits["train"].images.shape == (12, 1, 28, 28)
+    assert dataset.splits["test"].labels.tolist() == [0, 1, 2, 3, 4]
+    expected = np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:], np.uint8)
+    assert np.array_equal(dataset.splits["train"].images.flatten().numpy(), expected)
+
+
+def test_missing_torchvision_dataset_is_clear(tmp_path):
+    with pytest.raises(GeovqError, match="--data-dir"):
+        load_dataset(DataSettings(dataset="mnist", data_dir=tmp_path))
+
+
+def _write_pngs(root, classes=("a", "b"), per_class=5, size=(12, 12), mode="L"):
+    rng = np.random.default_rng(1)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            shape = size if mode == "L" else (*size, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(
+                root / name / f"{i}.png"
+            )
+
+
+def test_image_folder_split_80_20(tmp_path):
+    _write_pngs(tmp_path / "imgs")
+    dataset = load_dataset(DataSettings(dataset=f"folder:{tmp_path / 'imgs'}"))
+    assert dataset.image_shape == (1, 12, 12)
+    assert torch.bincount(dataset.splits["train"].labels).tolist() == [4, 4]
+    assert torch.bincount(dataset.splits["test"].labels).tolist() == [1, 1]
+
+
+def test_image_folder_train_test_rgb_resized(tmp_path):
+    _write_pngs(tmp_path / "imgs" / "train", mode="RGB")
+    _write_pngs(tmp_path / "imgs" / "test", per_class=2, mode="RGB")
+    dataset = load_dataset(DataSettings(dataset=f"folder:{tmp_path / 'imgs'}", image_size=8))
+    assert dataset.image_shape == (3, 8, 8)
+    assert len(dataset.splits["test"]) == 4
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(GeovqError, match="does not exist"):
+        load_dataset(DataSettings(dataset=f"folder:{tmp_path / 'nope'}"))
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(GeovqError, match="no images"):
+        load_dataset(DataSettings(dataset=f"folder:{tmp_path / 'empty'}"))
+
+
+# CIFAR-10's on-disk format is pickled batches checked by md5 against the real files, so
+# generated files cannot pass torchvision's integrity check; its loader is not file-tested.
