@@ -6,7 +6,6 @@ user typed become overrides, so a config file or the environment is never silent
 an unset flag's default.
 """
 
-
 import functools
 import inspect
 import json
@@ -173,6 +172,9 @@ Epochs = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
 LearningRate = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
 Resume = Annotated[bool | None, typer.Option("--resume", help="Continue from the last checkpoint.")]
+Vae = Annotated[
+    str | None, typer.Option("--vae", help="Name of one of several VAEs in the run (e.g. spatial).")
+]
 
 
 def _data(dataset, limit, data_dir, download, image_size, channels) -> dict[str, Any]:
@@ -211,11 +213,13 @@ def train_vae_command(
         int | None, typer.Option("--spatial-channels", help="Channels per position (spatial).")
     ] = None,
     resume: Resume = None,
+    vae_name: Vae = None,
 ) -> None:
     """Train the continuous convolutional VAE."""
     from geovq.stages import train_vae
 
     vae = {
+        "name": vae_name,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -243,6 +247,7 @@ def extract_command(
         str | None, typer.Option("--as", help="Encode --dataset as one more split NAME.")
     ] = None,
     batch_size: BatchSize = None,
+    vae_name: Vae = None,
 ) -> None:
     """Encode every split with the trained VAE into latents (mu, log sigma^2)."""
     from geovq.stages import extract
@@ -253,6 +258,174 @@ def extract_command(
     run_stage(
         g, extract.run, {"data": data, "extract": {"as_name": as_name, "batch_size": batch_size}}
     )
+
+
+K = Annotated[int | None, typer.Option("--k", help="Codebook size K.")]
+Name = Annotated[str | None, typer.Option("--name", help="Name of the result folder.")]
+
+
+@command("quantize")
+def quantize_command(
+    g: Globals,
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="euclidean | w2 | geodesic [w2].")
+    ] = None,
+    k: K = None,
+    chunks: Annotated[int | None, typer.Option("--chunks", help="Chunks per latent L.")] = None,
+    grid: Annotated[str | None, typer.Option("--grid", help="Code grid HxW, H*W = L.")] = None,
+    codebook: Annotated[
+        str | None, typer.Option("--codebook", help="shared | per-position.")
+    ] = None,
+    name: Name = None,
+    fit_split: Annotated[str | None, typer.Option("--fit-split", help="Split to fit on.")] = None,
+    restarts: Annotated[int | None, typer.Option("--restarts", help="k-means restarts.")] = None,
+    iters: Annotated[int | None, typer.Option("--iters", help="Max iterations.")] = None,
+    tol: Annotated[float | None, typer.Option("--tol", help="Relative tolerance.")] = None,
+    knn: Annotated[int | None, typer.Option("--knn", help="Graph neighbours (geodesic).")] = None,
+    edge_weight: Annotated[
+        str | None, typer.Option("--edge-weight", help="w2 | w2sq (geodesic edges).")
+    ] = None,
+    assign: Annotated[
+        str | None, typer.Option("--assign", help="geodesic | w2 (codes off the fit split).")
+    ] = None,
+    refit_decoder: Annotated[
+        bool | None, typer.Option("--refit-decoder", help="Then refit the decoder on the codes.")
+    ] = None,
+    vae_name: Vae = None,
+) -> None:
+    """Cluster latent chunks into a codebook after training; codes for every split."""
+    from geovq.stages import quantize
+
+    options = {
+        "metric": metric,
+        "k": k,
+        "chunks": chunks,
+        "grid": grid,
+        "codebook": codebook,
+        "name": name,
+        "fit_split": fit_split,
+        "restarts": restarts,
+        "iters": iters,
+        "tol": tol,
+        "knn": knn,
+        "edge_weight": edge_weight,
+        "assign": assign,
+        "refit_decoder": refit_decoder,
+    }
+    run_stage(g, quantize.run, {"quantize": options, "vae": {"name": vae_name}})
+
+
+@command("train-vqvae")
+def train_vqvae_command(
+    g: Globals,
+    grid: Annotated[str | None, typer.Option("--grid", help="Code grid HxW: 7x7 or 2x4.")] = None,
+    k: K = None,
+    codebook_dim: Annotated[int | None, typer.Option("--codebook-dim", help="C.")] = None,
+    beta: Annotated[float | None, typer.Option("--beta", help="Commitment weight.")] = None,
+    codebook_update: Annotated[
+        str | None, typer.Option("--codebook-update", help="loss | ema.")
+    ] = None,
+    ema_decay: Annotated[float | None, typer.Option("--ema-decay", help="EMA decay.")] = None,
+    dead_code_restart: Annotated[
+        int | None, typer.Option("--dead-code-restart", help="Steps unused before a restart.")
+    ] = None,
+    init: Annotated[str | None, typer.Option("--init", help="random | kmeans.")] = None,
+    name: Name = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    resume: Resume = None,
+    dataset: Dataset = None,
+    limit: Limit = None,
+    data_dir: DataDir = None,
+    download: Download = None,
+    image_size: ImageSize = None,
+    channels: Channels = None,
+) -> None:
+    """Train the end-to-end VQ-VAE baseline on the run's data and trunks."""
+    from geovq.stages import train_vqvae
+
+    vqvae = {
+        "grid": grid,
+        "k": k,
+        "codebook_dim": codebook_dim,
+        "beta": beta,
+        "codebook_update": codebook_update,
+        "ema_decay": ema_decay,
+        "dead_code_restart": dead_code_restart,
+        "init": init,
+        "name": name,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "resume": resume,
+    }
+    data = _data(dataset, limit, data_dir, download, image_size, channels)
+    run_stage(g, train_vqvae.run, {"data": data, "vqvae": vqvae})
+
+
+Source = Annotated[str | None, typer.Option("--source", help="quant/<name> or vqvae/<name>.")]
+
+
+@command("train-prior")
+def train_prior_command(
+    g: Globals,
+    source: Source = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="Gated layers.")] = None,
+    hidden: Annotated[int | None, typer.Option("--hidden", help="Channels per layer.")] = None,
+    conditional: Annotated[
+        bool | None, typer.Option("--conditional", help="Condition on the class label.")
+    ] = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    resume: Resume = None,
+) -> None:
+    """Train a gated PixelCNN prior over a source's code grids."""
+    from geovq.stages import train_prior
+
+    prior = {
+        "source": source,
+        "layers": layers,
+        "hidden": hidden,
+        "conditional": conditional,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "resume": resume,
+    }
+    run_stage(g, train_prior.run, {"prior": prior})
+
+
+@command("sample")
+def sample_command(
+    g: Globals,
+    source: Source = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="prior | random | vae.")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Number of images [64].")] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="Softmax temperature (> 0).")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Keep the k best (0 = off).")] = None,
+    class_label: Annotated[
+        int | None, typer.Option("--class", help="Class for a conditional prior.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="PNG path.")] = None,
+    vae_name: Vae = None,
+) -> None:
+    """Generate images: prior -> codes -> decoder (or random codes, or the VAE)."""
+    from geovq.stages import sample
+
+    options = {
+        "source": source,
+        "mode": mode,
+        "n": n,
+        "temperature": temperature,
+        "top_k": top_k,
+        "class_label": class_label,
+        "out": out,
+    }
+    run_stage(g, sample.run, {"sample": options, "vae": {"name": vae_name}})
 
 
 @command("info")

@@ -56,24 +56,28 @@ class TrainSettings(Section):
     resume: bool = False
 
 
+def _check_name(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise ValueError("use letters, digits, '_' or '-' only")
+    return value
+
+
 class VaeSettings(TrainSettings):
+    name: str | None = None  # several VAEs per run: vae-NAME.safetensors, latents-NAME...
     beta: float = Field(1.0, ge=0)
     recon_loss: Literal["auto", "bce", "mse"] = "auto"
     latent: Literal["flat", "spatial"] = "flat"
     latent_dim: int = Field(32, ge=1)
     spatial_channels: int = Field(4, ge=1)
 
+    _name = field_validator("name")(_check_name)
+
 
 class ExtractSettings(Section):
     as_name: str | None = None
     batch_size: int = Field(512, ge=1)
 
-    @field_validator("as_name")
-    @classmethod
-    def _as_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", value):
-            raise ValueError("use letters, digits, '_' or '-' only")
-        return value
+    _as_name = field_validator("as_name")(_check_name)
 
 
 class QuantizeSettings(Section):
@@ -114,6 +118,7 @@ class VqvaeSettings(TrainSettings):
     ema_decay: float = Field(0.99, gt=0, lt=1)
     dead_code_restart: int = Field(100, ge=0)
     init: Literal["random", "kmeans"] = "kmeans"
+    recon_loss: Literal["auto", "bce", "mse"] = "auto"
     name: str | None = None
 
     @field_validator("grid")
@@ -232,6 +237,15 @@ def _default_config(overrides: dict[str, Any]) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+# Settings whose command-line flag is not simply the field name.
+_FLAGS = {
+    "vae.name": "--vae",
+    "extract.as_name": "--as",
+    "sample.class_label": "--class",
+    "quantize.name": "--name",
+}
+
+
 def _describe(error: ValidationError, config: Path | None) -> str:
     """One line naming the first bad setting, its value and the fix."""
     first = error.errors()[0]
@@ -240,5 +254,5 @@ def _describe(error: ValidationError, config: Path | None) -> str:
     if first["type"] == "extra_forbidden":
         return f"unknown setting {where!r}{origin}; remove it or check its spelling"
     value = first.get("input")
-    flag = "--" + str(first["loc"][-1]).replace("_", "-")
+    flag = _FLAGS.get(where, "--" + str(first["loc"][-1]).replace("_", "-"))
     return f"invalid value {value!r} for {flag} ({where}){origin}: {first['msg']}"

@@ -116,7 +116,8 @@ def train(
                 loss.backward()
                 optimizer.step()
                 for key, value in terms.items():
-                    totals[key] = totals.get(key, 0.0) + value.detach() * len(index)
+                    value = value.detach() if torch.is_tensor(value) else value
+                    totals[key] = totals.get(key, 0.0) + value * len(index)
                 progress.advance(1, loss=float(loss.detach()))
             elapsed = time.perf_counter() - started
             seen, busy = seen + n, busy + elapsed

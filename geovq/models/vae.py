@@ -108,6 +108,13 @@ def _position_major(maps: torch.Tensor) -> torch.Tensor:
     return maps.permute(0, 2, 3, 1).flatten(1)
 
 
+def recon_kind(setting: str, channels: int) -> str:
+    """``auto``: Bernoulli (bce) for grayscale, Gaussian (mse) for RGB."""
+    if setting != "auto":
+        return setting
+    return "bce" if channels == 1 else "mse"
+
+
 def reconstruction_loss(logits: torch.Tensor, images: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-image reconstruction loss summed over pixels, averaged over the batch.
 

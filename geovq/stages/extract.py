@@ -17,11 +17,10 @@ from geovq.models.vae import VAE
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import DataSettings, Settings
-from geovq.stages.loaders import LATENTS_FILE, load_vae, run_data_settings
+from geovq.stages.loaders import VaeFiles, load_vae, run_data_settings
 from geovq.stages.record import StageResult, StageRun
 from geovq.training import resolve_device
 
-STAGE = "extract"
 OWN_SPLITS = ("train", "test")
 
 
@@ -43,11 +42,12 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
-    record = StageRun(run_dir, STAGE, {}, device, settings.seed)
-    model, vae_meta = load_vae(run_dir, device, settings.force, reader=record.read)
+    files = VaeFiles(settings.vae.name)
+    record = StageRun(run_dir, files.extract_key, {}, device, settings.seed)
+    model, vae_meta = load_vae(run_dir, device, settings.force, record.read, files)
     image_shape = (model.config.channels, model.config.height, model.config.width)
-    own = load_dataset(run_data_settings(run_dir))
-    extras = _previous_extras(run_dir)
+    own = load_dataset(run_data_settings(run_dir, files))
+    extras = _previous_extras(run_dir, files)
     as_name = settings.extract.as_name
     if as_name is not None:
         if as_name in OWN_SPLITS:
@@ -61,7 +61,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         splits[name] = _whole(load_dataset(DataSettings(**data_json)), image_shape, name)
 
     tensors: dict[str, torch.Tensor] = {}
-    progress.start("extract", total=len(splits))
+    progress.start(files.extract_key, total=len(splits))
     for name, split in splits.items():
         mu, logvar = encode_split(model, split.images, settings.extract.batch_size, device)
         tensors.update({f"{name}.mu": mu, f"{name}.logvar": logvar, f"{name}.labels": split.labels})
@@ -71,23 +71,29 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "grid": json.dumps(model.config.latent_grid),
         "latent_dim": str(model.config.total_latent_dim),
         "vae_config": vae_meta["config"],
+        "vae": files.name or "",
         "extra_splits": json.dumps(extras),
     }
     record.settings = {"extract": {"extra_splits": extras}, "seed": settings.seed}
-    record.write(LATENTS_FILE, tensors, metadata)
+    record.write(files.latents, tensors, metadata)
     counts = {name: len(split) for name, split in splits.items()}
     metrics = {"splits": counts, "latent_dim": model.config.total_latent_dim}
     record.finish(metrics)
     rows = [[name, f"{count} x {model.config.total_latent_dim}"] for name, count in counts.items()]
     return StageResult(
-        STAGE, metrics, record.outputs, title="extract", columns=["split", "latents"], rows=rows
+        files.extract_key,
+        metrics,
+        record.outputs,
+        title=files.extract_key,
+        columns=["split", "latents"],
+        rows=rows,
     )
 
 
-def _previous_extras(run_dir: RunDir) -> dict[str, dict]:
-    if not run_dir.exists(LATENTS_FILE):
+def _previous_extras(run_dir: RunDir, files: VaeFiles) -> dict[str, dict]:
+    if not run_dir.exists(files.latents):
         return {}
-    _, metadata = run_dir.load_tensors(LATENTS_FILE, "latents")
+    _, metadata = run_dir.load_tensors(files.latents, "latents")
     return json.loads(metadata.get("extra_splits", "{}"))
 
 

@@ -27,7 +27,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     stages = run_dir.manifest()["stages"] if run_dir.manifest_path.is_file() else {}
     if not stages:
         raise GeovqError(
-            f"no stages recorded in {run_dir.path}; run `geovq train-vae` first (or check --run-dir)"
+            f"no stages recorded in {run_dir.path}; run `geovq train-vae` first "
+            "(or check --run-dir)"
         )
     summary: dict[str, Any] = {"run_dir": str(run_dir.path), "stages": {}, "artifacts": {}}
     rows = []

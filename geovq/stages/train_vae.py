@@ -8,16 +8,14 @@ import torch
 
 from geovq import GeovqError
 from geovq.data import Dataset, load_dataset, to_float
-from geovq.models.vae import VAE, VAEConfig, kl_divergence, reconstruction_loss
+from geovq.models.vae import VAE, VAEConfig, kl_divergence, recon_kind, reconstruction_loss
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Settings
-from geovq.stages.loaders import VAE_FILE
+from geovq.stages.loaders import VaeFiles
 from geovq.stages.record import StageResult, StageRun
 from geovq.training import TrainConfig, resolve_device, train
 
-STAGE = "train-vae"
-CHECKPOINT = "checkpoints/train-vae.safetensors"
 EVAL_BATCH = 1000
 
 
@@ -39,21 +37,15 @@ def vae_config(settings: Settings, dataset: Dataset) -> VAEConfig:
     )
 
 
-def recon_kind(settings: Settings, channels: int) -> str:
-    """``auto``: Bernoulli (bce) for grayscale, Gaussian (mse) for RGB."""
-    if settings.vae.recon_loss != "auto":
-        return settings.vae.recon_loss
-    return "bce" if channels == 1 else "mse"
-
-
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
     dataset = load_dataset(settings.data)
     config = vae_config(settings, dataset)
-    recon = recon_kind(settings, config.channels)
-    record = StageRun(run_dir, STAGE, _recorded_settings(settings), device, settings.seed)
+    recon = recon_kind(settings.vae.recon_loss, config.channels)
+    files = VaeFiles(settings.vae.name)
+    record = StageRun(run_dir, files.train_key, _recorded_settings(settings), device, settings.seed)
 
     torch.manual_seed(settings.seed)
     model = VAE(config).to(device)
@@ -85,9 +77,9 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
             settings.vae.resume,
         ),
         run_dir,
-        CHECKPOINT,
+        files.checkpoint,
         progress=progress,
-        label="train-vae",
+        label=f"train-vae{files.flag}",
     )
     final = result.history[-1] if result.history else {}
     metadata = {
@@ -95,7 +87,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "recon_loss": recon,
         "data": settings.data.model_dump_json(),
     }
-    record.write(VAE_FILE, model.state_dict(), metadata)
+    record.write(files.vae, model.state_dict(), metadata)
     metrics = {
         "test_loss": final.get("test_loss"),
         "test_mse_per_pixel": final.get("test_mse_per_pixel"),
@@ -112,7 +104,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         [k, _fmt(metrics[k])]
         for k in ("train_loss", "test_loss", "test_mse_per_pixel", "test_kl", "images_per_s")
     ]
-    return StageResult(STAGE, metrics, record.outputs, title="train-vae", rows=rows)
+    return StageResult(files.train_key, metrics, record.outputs, title=files.train_key, rows=rows)
 
 
 def evaluate_vae(
