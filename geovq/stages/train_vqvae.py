@@ -1,0 +1,232 @@
+"""``geovq train-vqvae``: the end-to-end VQ-VAE baseline on the VAE's own trunks and data.
+
+Writes ``vqvae/<name>/`` (model, codebook, codes for every split) in the same codes format as
+``quantize``, so the prior, ``sample`` and ``compare`` treat both kinds alike.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from geovq import GeovqError
+from geovq.data import Dataset, load_dataset, to_float
+from geovq.metrics import mse_per_pixel, summarize_codes
+from geovq.models.vae import recon_kind
+from geovq.models.vqvae import VQVAE, VQVAEConfig, validate_config, vqvae_loss
+from geovq.progress import NullProgress
+from geovq.rundir import RunDir
+from geovq.settings import DataSettings, Settings, parse_grid
+from geovq.stages.record import StageResult, StageRun
+from geovq.training import TrainConfig, resolve_device, train
+
+KMEANS_INIT_IMAGES = 2048
+EVAL_BATCH = 1000
+
+
+def default_name(settings: Settings) -> str:
+    height, width = parse_grid(settings.vqvae.grid)
+    return settings.vqvae.name or f"vqvae-{height}x{width}-k{settings.vqvae.k}"
+
+
+def stage_key(name: str) -> str:
+    return f"train-vqvae/{name}"
+
+
+def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
+    progress = progress or NullProgress()
+    run_dir = RunDir(settings.run_dir)
+    device = resolve_device(settings.device)
+    name = default_name(settings)
+    folder = f"vqvae/{name}"
+    if (
+        run_dir.exists(f"{folder}/model.safetensors")
+        and not settings.force
+        and not settings.vqvae.resume
+    ):
+        raise GeovqError(
+            f"{run_dir.file(folder)} already exists; pass --force to retrain it or --name NEW"
+        )
+    data_settings = _data_settings(run_dir, settings)
+    dataset = load_dataset(data_settings)
+    config = _config(settings, dataset)
+    record = StageRun(
+        run_dir, stage_key(name), _recorded(settings, data_settings), device, settings.seed
+    )
+
+    model = VQVAE(config, seed=settings.seed).to(device)
+    images = {split: data.images.to(device) for split, data in dataset.splits.items()}
+    if settings.vqvae.init == "kmeans" and not settings.vqvae.resume:
+        _init_codebook_by_kmeans(model, images["train"], settings.seed)
+    recon = recon_kind(settings.vqvae.recon_loss, config.channels)
+    beta = config.beta
+
+    def step(batch, generator):
+        pixels = to_float(batch[0])
+        logits, _, losses = model(pixels)
+        return vqvae_loss(logits, pixels, losses, beta, recon)
+
+    def evaluate() -> dict[str, float]:
+        figures = evaluate_split(model, images["test"])
+        return {f"test_{k}": v for k, v in figures.items()}
+
+    vq = settings.vqvae
+    result = train(
+        model,
+        [images["train"]],
+        step,
+        evaluate,
+        TrainConfig(vq.epochs, vq.batch_size, vq.lr, settings.seed, vq.resume),
+        run_dir,
+        f"checkpoints/vqvae-{name}.safetensors",
+        progress=progress,
+        label=f"train-vqvae {name}",
+    )
+
+    meta = {
+        "config": config.to_json(),
+        "recon_loss": recon,
+        "data": data_settings.model_dump_json(),
+    }
+    record.write(f"{folder}/model.safetensors", model.state_dict(), meta)
+    codebook = model.quantizer.codebook.detach()
+    record.write(
+        f"{folder}/codebook.safetensors",
+        {"codebook": codebook},
+        {"kind": "vqvae", "k": str(config.k)},
+    )
+    codes, split_metrics = {}, {}
+    for split, split_images in images.items():
+        split_codes = codes_for_split(model, split_images)
+        codes[f"{split}.codes"] = split_codes
+        codes[f"{split}.labels"] = dataset.splits[split].labels
+        split_metrics[split] = evaluate_split(model, split_images, split_codes)
+    codes_meta = {
+        "kind": "vqvae",
+        "k": str(config.k),
+        "grid": json.dumps(list(config.grid)),
+        "per_position": "false",
+        "source": folder,
+    }
+    record.write(f"{folder}/codes.safetensors", codes, codes_meta)
+    metrics = {
+        "name": name,
+        "kind": "vqvae",
+        "grid": list(config.grid),
+        "k": config.k,
+        "bits_per_image": config.bits_per_image,
+        "splits": split_metrics,
+        "history": result.history,
+        "images_per_s": round(result.images_per_s, 1),
+    }
+    record.finish(metrics)
+    test = split_metrics.get("test", {})
+    rows = [
+        [key, _fmt(test.get(key))]
+        for key in ("mse_per_pixel", "utilisation", "dead_codes", "perplexity", "bits_per_image")
+    ]
+    return StageResult(
+        stage_key(name), metrics, record.outputs, title=f"train-vqvae {name} (test)", rows=rows
+    )
+
+
+@torch.no_grad()
+def codes_for_split(model: VQVAE, images_u8: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, gh, gw) int64 codes on the CPU, batched."""
+    parts = [
+        model.codes_for(to_float(images_u8[i : i + EVAL_BATCH])).cpu()
+        for i in range(0, len(images_u8), EVAL_BATCH)
+    ]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: VQVAE, images_u8: torch.Tensor, codes: torch.Tensor | None = None
+) -> dict[str, float]:
+    """MSE per pixel of decoding the codes, plus code usage, from the split's totals."""
+    codes = codes_for_split(model, images_u8) if codes is None else codes
+    recons = []
+    for start in range(0, len(images_u8), EVAL_BATCH):
+        batch_codes = codes[start : start + EVAL_BATCH].to(images_u8.device)
+        recons.append(torch.sigmoid(model.decode_codes(batch_codes)).float().cpu())
+    figures = {"mse_per_pixel": mse_per_pixel(torch.cat(recons), to_float(images_u8.cpu()))}
+    figures.update(summarize_codes(codes, model.config.k))
+    return figures
+
+
+def _init_codebook_by_kmeans(model: VQVAE, train_images: torch.Tensor, seed: int) -> None:
+    """Seed the codebook with k-means centres of the untrained encoder's outputs."""
+    from geovq.quant.kmeans import kmeans
+
+    with torch.no_grad():
+        z_e = model.encode(to_float(train_images[:KMEANS_INIT_IMAGES])).reshape(
+            -1, model.config.codebook_dim
+        )
+    k = model.config.k
+    if z_e.shape[0] < k:
+        raise GeovqError(
+            f"--init kmeans needs at least K={k} encoder outputs but the data gives "
+            f"{z_e.shape[0]}; use --init random or a smaller --k"
+        )
+    centers = kmeans(z_e.double().cpu(), k, restarts=1, iters=50, seed=seed).centers
+    model.quantizer.init_codebook(centers.to(z_e))
+
+
+def _data_settings(run_dir: RunDir, settings: Settings) -> DataSettings:
+    """The run's dataset (from train-vae) unless the run has none; then --dataset is needed."""
+    stages = run_dir.manifest()["stages"]
+    trained = [key for key in stages if key == "train-vae" or key.startswith("train-vqvae/")]
+    record = stages[trained[0]] if trained else None
+    explicit = "dataset" in settings.data.model_fields_set
+    if record is None:
+        if not explicit:
+            raise GeovqError(
+                f"no dataset settings in {run_dir.path} (no trained model); pass --dataset "
+                "(e.g. --dataset mnist5k) or run `geovq train-vae` first"
+            )
+        return settings.data
+    recorded = DataSettings(**record["settings"]["data"])
+    if explicit and settings.data.dataset != recorded.dataset:
+        raise GeovqError(
+            f"--dataset {settings.data.dataset} differs from the run's {recorded.dataset}; a fair "
+            "baseline trains on the same data: drop --dataset or use another --run-dir"
+        )
+    return recorded
+
+
+def _config(settings: Settings, dataset: Dataset) -> VQVAEConfig:
+    channels, height, width = dataset.image_shape
+    grid_h, grid_w = parse_grid(settings.vqvae.grid)
+    vq = settings.vqvae
+    config = VQVAEConfig(
+        channels=channels,
+        height=height,
+        width=width,
+        grid_h=grid_h,
+        grid_w=grid_w,
+        k=vq.k,
+        codebook_dim=vq.codebook_dim,
+        beta=vq.beta,
+        codebook_update=vq.codebook_update,
+        ema_decay=vq.ema_decay,
+        dead_code_restart=vq.dead_code_restart,
+    )
+    try:
+        validate_config(config)
+    except ValueError as error:
+        raise GeovqError(f"{error} (--grid {vq.grid})") from None
+    return config
+
+
+def _recorded(settings: Settings, data: DataSettings) -> dict:
+    return {
+        "data": json.loads(data.model_dump_json()),
+        "vqvae": json.loads(settings.vqvae.model_dump_json()),
+        "seed": settings.seed,
+    }
+
+
+def _fmt(value) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
