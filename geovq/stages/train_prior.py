@@ -1,0 +1,173 @@
+"""``geovq train-prior``: a gated PixelCNN over a source's code grids.
+
+Reports test negative log-likelihood in bits per code beside two baselines on the same test
+codes: uniform (log2 K) and unigram (train code frequencies; per position for per-position
+codebooks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+import torch.nn.functional as F
+
+from geovq import GeovqError
+from geovq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig, code_nll_bits, unigram_bits
+from geovq.progress import NullProgress
+from geovq.rundir import RunDir
+from geovq.settings import Settings
+from geovq.stages.record import StageResult, StageRun
+from geovq.stages.sources import Source, list_sources, load_source, slug
+from geovq.training import TrainConfig, resolve_device, train
+
+EVAL_BATCH = 1000
+
+
+def prior_path(source_name: str) -> str:
+    return f"prior/{slug(source_name)}.safetensors"
+
+
+def stage_key(source_name: str) -> str:
+    return f"train-prior/{slug(source_name)}"
+
+
+def require_source(run_dir: RunDir, name: str | None) -> str:
+    if name:
+        return name
+    available = ", ".join(list_sources(run_dir)) or "none (run `geovq quantize` first)"
+    raise GeovqError(f"--source is required (quant/<name> or vqvae/<name>); available: {available}")
+
+
+def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
+    progress = progress or NullProgress()
+    run_dir = RunDir(settings.run_dir)
+    device = resolve_device(settings.device)
+    name = require_source(run_dir, settings.prior.source)
+    source = load_source(run_dir, name, device, settings.force)
+    for split in ("train", "test"):
+        if split not in source.codes:
+            raise GeovqError(f"source {name} has no {split} codes; rerun the stage that wrote it")
+    record = StageRun(run_dir, stage_key(name), _recorded(settings), device, settings.seed)
+    record.inputs[f"{name}/codes.safetensors"] = source.codes_sha256
+    num_classes = _num_classes(source) if settings.prior.conditional else 0
+    config = PixelCNNConfig(
+        num_codes=source.k,
+        height=source.grid[0],
+        width=source.grid[1],
+        hidden=settings.prior.hidden,
+        layers=settings.prior.layers,
+        num_classes=num_classes,
+    )
+    if not config.covers_past:
+        progress.log(
+            f"warning: {config.layers} layers do not see the whole past of a {source.grid} grid"
+        )
+    torch.manual_seed(settings.seed)
+    model = GatedPixelCNN(config).to(device)
+    train_codes, test_codes = source.codes["train"].to(device), source.codes["test"].to(device)
+    train_labels = source.labels["train"].to(device) if num_classes else None
+    test_labels = source.labels["test"].to(device) if num_classes else None
+    data = [train_codes] + ([train_labels] if num_classes else [])
+
+    def step(batch, generator):
+        labels = batch[1] if num_classes else None
+        nats = F.cross_entropy(model(batch[0], labels), batch[0])
+        return nats, {"bits_per_code": nats / math.log(2)}
+
+    def evaluate() -> dict[str, float]:
+        return {"test_bits_per_code": split_bits_per_code(model, test_codes, test_labels)}
+
+    prior = settings.prior
+    result = train(
+        model,
+        data,
+        step,
+        evaluate,
+        TrainConfig(prior.epochs, prior.batch_size, prior.lr, settings.seed, prior.resume),
+        run_dir,
+        f"checkpoints/prior-{slug(name)}.safetensors",
+        progress=progress,
+        label=f"train-prior {name}",
+    )
+    bits = split_bits_per_code(model, test_codes, test_labels)
+    baselines = code_baselines(source)
+    metadata = {
+        "config": config.to_json(),
+        "source": name,
+        "source_codes_sha256": source.codes_sha256,
+    }
+    record.write(prior_path(name), model.state_dict(), metadata)
+    metrics = {
+        "source": name,
+        "bits_per_code": bits,
+        "bits_per_image": bits * source.positions,
+        **baselines,
+        "conditional": bool(num_classes),
+        "history": result.history,
+        "codes_per_s": round(result.images_per_s * source.positions, 1),
+    }
+    record.finish(metrics)
+    rows = [
+        ["prior", _fmt(bits), _fmt(bits * source.positions)],
+        [
+            "unigram",
+            _fmt(baselines["unigram_bits_per_code"]),
+            _fmt(baselines["unigram_bits_per_code"] * source.positions),
+        ],
+        ["uniform", _fmt(baselines["uniform_bits_per_code"]), _fmt(source.bits_per_image)],
+    ]
+    return StageResult(
+        stage_key(name),
+        metrics,
+        record.outputs,
+        title=f"train-prior {name}: test NLL",
+        columns=["model", "bits per code", "bits per image"],
+        rows=rows,
+    )
+
+
+@torch.no_grad()
+def split_bits_per_code(
+    model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None
+) -> float:
+    """Total NLL over the split divided by its number of codes (from totals, not batch means)."""
+    total = 0.0
+    for start in range(0, codes.shape[0], EVAL_BATCH):
+        batch_labels = labels[start : start + EVAL_BATCH] if labels is not None else None
+        total += float(code_nll_bits(model, codes[start : start + EVAL_BATCH], batch_labels).sum())
+    return total / codes.numel()
+
+
+def code_baselines(source: Source) -> dict[str, float]:
+    """Uniform and unigram bits per code on the test codes (unigram per position if needed)."""
+    train, test = source.codes["train"].cpu(), source.codes["test"].cpu()
+    if source.per_position:
+        train_flat, test_flat = train.flatten(1), test.flatten(1)
+        per_position = [
+            unigram_bits(train_flat[:, p], test_flat[:, p], source.k)
+            for p in range(source.positions)
+        ]
+        unigram = sum(per_position) / len(per_position)
+    else:
+        unigram = unigram_bits(train, test, source.k)
+    return {"uniform_bits_per_code": math.log2(source.k), "unigram_bits_per_code": unigram}
+
+
+def _num_classes(source: Source) -> int:
+    labels = source.labels.get("train")
+    if labels is None or labels.numel() == 0 or int(labels.min()) < 0:
+        raise GeovqError(
+            f"--conditional needs class labels but source {source.name} has none; "
+            "drop --conditional"
+        )
+    return int(labels.max()) + 1
+
+
+def _recorded(settings: Settings) -> dict:
+    return {"prior": json.loads(settings.prior.model_dump_json()), "seed": settings.seed}
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
