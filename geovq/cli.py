@@ -66,8 +66,9 @@ _GLOBAL_OPTIONS = [
 ]
 
 
-def command(name: str) -> Callable:
-    """Register ``fn(g: Globals, **options)`` as subcommand ``name`` with the global options."""
+def command(name: str, without: tuple[str, ...] = ()) -> Callable:
+    """Register ``fn(g: Globals, **options)`` as subcommand ``name`` with the global options,
+    except those in ``without`` (which the command defines its own way)."""
 
     def register(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
@@ -77,12 +78,13 @@ def command(name: str) -> Callable:
                 n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[t, o]
             )
             for n, t, o in _GLOBAL_OPTIONS
+            if n not in without
         ]
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> None:
-            g = Globals(**{n: kwargs.pop(n) for n, _, _ in _GLOBAL_OPTIONS})
-            fn(g, **kwargs)
+            values = {n: None if n in without else kwargs.pop(n) for n, _, _ in _GLOBAL_OPTIONS}
+            fn(Globals(**values), **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=own + extra)
         wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
@@ -105,13 +107,19 @@ def _prune(tree: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_stage(g: Globals, stage: Callable[..., StageResult], overrides: dict[str, Any]) -> None:
+def run_stage(
+    g: Globals,
+    stage: Callable[..., StageResult],
+    overrides: dict[str, Any],
+    preset: Callable[[], dict[str, Any]] | None = None,
+) -> None:
     """Build settings, run the stage, print its result; user errors become one stderr line."""
     top = {"run_dir": g.run_dir, "device": g.device, "seed": g.seed, "force": g.force}
     quiet = bool(g.quiet or g.json)
     progress = make_progress(quiet)
     try:
-        settings = load_settings(_prune({**top, **overrides}), config=g.config)
+        values = preset() if preset else None
+        settings = load_settings(_prune({**top, **overrides}), config=g.config, preset=values)
         result = stage(settings, progress)
     except GeovqError as error:
         progress.close()
@@ -142,7 +150,9 @@ def _print_result(result: StageResult, as_json: bool) -> None:
         table.add_column(column)
     for row in result.rows:
         table.add_row(*[str(cell) for cell in row])
-    console = Console()
+    # Piped output has no terminal width; don't squeeze a wide table into 80 columns.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    console = Console(width=160 if wide else None)
     console.print(table)
     for note in result.notes:
         console.print(note, highlight=False, markup=False)
@@ -315,6 +325,28 @@ def quantize_command(
     run_stage(g, quantize.run, {"quantize": options, "vae": {"name": vae_name}})
 
 
+@command("refit-decoder")
+def refit_decoder_command(
+    g: Globals,
+    source: Annotated[str | None, typer.Option("--source", help="quant/<name>.")] = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    resume: Resume = None,
+) -> None:
+    """Fine-tune the VAE decoder on a post-hoc quantization's fixed codes."""
+    from geovq.stages import refit_decoder
+
+    refit = {
+        "source": source,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "resume": resume,
+    }
+    run_stage(g, refit_decoder.run, {"refit": refit})
+
+
 @command("train-vqvae")
 def train_vqvae_command(
     g: Globals,
@@ -426,6 +458,67 @@ def sample_command(
         "out": out,
     }
     run_stage(g, sample.run, {"sample": options, "vae": {"name": vae_name}})
+
+
+@command("compare")
+def compare_command(
+    g: Globals,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split of the headline table.")
+    ] = None,
+    sweep_k: Annotated[
+        str | None, typer.Option("--sweep-k", help="Rate-distortion Ks, e.g. 16,64,256,1024.")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Samples per source for sample quality.")
+    ] = None,
+    classifier_epochs: Annotated[
+        int | None, typer.Option("--classifier-epochs", help="Epochs of the judging classifier.")
+    ] = None,
+) -> None:
+    """Evaluate every quantization side by side: table, report/metrics.json, report.md, figures."""
+    from geovq.stages import compare
+
+    options = {
+        "split": split,
+        "sweep_k": sweep_k,
+        "samples": samples,
+        "classifier_epochs": classifier_epochs,
+    }
+    run_stage(g, compare.run, {"compare": options})
+
+
+@command("run", without=("force",))
+def run_command(
+    g: Globals,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="quick | default | full [default].")
+    ] = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option("--force", help="Redo a stage family and what depends on it (repeatable)."),
+    ] = None,
+    dataset: Dataset = None,
+    limit: Limit = None,
+    data_dir: DataDir = None,
+    download: Download = None,
+    k: Annotated[
+        int | None, typer.Option("--k", help="K for post-hoc and VQ-VAE codebooks.")
+    ] = None,
+) -> None:
+    """The whole study: VAEs, quantizations, refits, VQ-VAEs, priors, samples, compare."""
+    from geovq.stages import pipeline
+
+    data = _data(dataset, limit, data_dir, download, None, None)
+    overrides = {
+        "data": data,
+        "quantize": {"k": k},
+        "vqvae": {"k": k},
+        "study": {"redo": force},
+    }
+    run_stage(
+        g, pipeline.run, overrides, preset=lambda: pipeline.preset_values(preset or "default")
+    )
 
 
 @command("info")

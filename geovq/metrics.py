@@ -7,6 +7,7 @@ split's metric is never a mean of per-batch values.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import scipy.linalg
@@ -143,10 +144,14 @@ def frechet_distance(
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a = np.atleast_2d(np.cov(a, rowvar=False))
     cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    cross = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(cross).all():
-        shift = FRECHET_EPS * np.eye(cov_a.shape[0])
-        cross = scipy.linalg.sqrtm((cov_a + shift) @ (cov_b + shift))
+    # Features of ReLU nets often have dead units, so the covariances are singular: sqrtm
+    # then warns but is still usable; a non-finite result gets the diagonal shift instead.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        cross = scipy.linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(cross).all():
+            shift = FRECHET_EPS * np.eye(cov_a.shape[0])
+            cross = scipy.linalg.sqrtm((cov_a + shift) @ (cov_b + shift))
     diff = mu_a - mu_b
     value = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(cross).real
     # The true value is >= 0; round-off can push identical distributions slightly below.

@@ -6,6 +6,7 @@ global figure state). Each function writes one PNG and returns its path.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -150,9 +151,13 @@ def _new_figure(size: tuple[float, float]) -> Figure:
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
+    """Render to memory, then write atomically: a reader never sees half a PNG."""
+    from geovq.rundir import atomic_write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

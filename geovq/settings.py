@@ -105,6 +105,7 @@ class QuantizeSettings(Section):
 
 
 class RefitSettings(TrainSettings):
+    source: str | None = None
     epochs: int = Field(5, ge=1)
     lr: float = Field(5e-4, gt=0)
 
@@ -150,7 +151,46 @@ class CompareSettings(Section):
     split: str = "test"
     sweep_k: str | None = None
     classifier_epochs: int = Field(3, ge=1)
-    samples: int = Field(500, ge=1)
+    samples: int = Field(500, ge=2)
+
+    @field_validator("sweep_k")
+    @classmethod
+    def _sweep_k(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_k_list(value)
+        return value
+
+
+def parse_k_list(text: str) -> list[int]:
+    """'16,64,256' -> [16, 64, 256]; every K an integer >= 1."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(
+            f"{text!r} is not a comma-separated list of integers >= 1 (e.g. 16,64,256)"
+        )
+    return sorted(set(values))
+
+
+class StudySettings(Section):
+    """What ``geovq run`` includes beyond each stage's own settings."""
+
+    metrics: list[Literal["euclidean", "w2", "geodesic"]] = ["euclidean", "w2", "geodesic"]
+    spatial: bool = True
+    spatial_metrics: list[Literal["euclidean", "w2", "geodesic"]] = ["w2", "geodesic"]
+    vqvae_grids: list[str] = ["2x4", "7x7"]
+    refit: bool = True
+    priors: bool = True
+    redo: list[str] = []  # stage families to redo (``geovq run --force STAGE``)
+
+    @field_validator("vqvae_grids")
+    @classmethod
+    def _grids(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_grid(value)
+        return values
 
 
 class Settings(BaseSettings):
@@ -176,6 +216,7 @@ class Settings(BaseSettings):
     prior: PriorSettings = PriorSettings()
     sample: SampleSettings = SampleSettings()
     compare: CompareSettings = CompareSettings()
+    study: StudySettings = StudySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -186,11 +227,22 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: flags (init) > environment > TOML file > defaults.
-        return (init_settings, env_settings, _TomlSource(settings_cls))
+        # First wins: flags (init) > environment > TOML file > preset > defaults.
+        return (init_settings, env_settings, _TomlSource(settings_cls), _PresetSource(settings_cls))
 
 
 _config_file: ContextVar[Path | None] = ContextVar("geovq_config_file", default=None)
+_preset: ContextVar[dict[str, Any]] = ContextVar("geovq_preset", default={})
+
+
+class _PresetSource(PydanticBaseSettingsSource):
+    """A ``geovq run --preset``'s values: just above the defaults, below everything else."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _preset.get()
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -209,7 +261,11 @@ class _TomlSource(PydanticBaseSettingsSource):
             raise GeovqError(f"config file {path} is not valid TOML: {error}") from None
 
 
-def load_settings(overrides: dict[str, Any] | None = None, config: Path | None = None) -> Settings:
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    config: Path | None = None,
+    preset: dict[str, Any] | None = None,
+) -> Settings:
     """Build Settings from every source; ``overrides`` are nested flags the user actually set.
 
     The TOML file is ``config`` if given, else ``geovq.toml`` in the run directory (which
@@ -221,12 +277,14 @@ def load_settings(overrides: dict[str, Any] | None = None, config: Path | None =
     if config is None:
         config = _default_config(overrides)
     token = _config_file.set(Path(config) if config else None)
+    preset_token = _preset.set(preset or {})
     try:
         return Settings(**overrides)
     except ValidationError as error:
         raise GeovqError(_describe(error, config)) from None
     finally:
         _config_file.reset(token)
+        _preset.reset(preset_token)
 
 
 def _default_config(overrides: dict[str, Any]) -> Path | None:

@@ -1,0 +1,206 @@
+"""``geovq run``: the whole study in one command, skipping every stage that is current.
+
+train-vae (flat, and spatial) -> extract -> quantize (each metric) -> refit-decoder ->
+train-vqvae (2x4 bit-rate matched, 7x7) -> train-prior (each source) -> sample -> compare.
+A stage is skipped when the manifest shows its outputs unchanged, its inputs unchanged and its
+settings equal to today's, and nothing it depends on ran in this call; ``--force STAGE`` redoes
+a stage family and whatever depends on it. An interrupted run therefore continues where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from geovq import GeovqError
+from geovq.progress import NullProgress
+from geovq.rundir import RunDir
+from geovq.settings import Settings
+from geovq.stages import (
+    compare,
+    extract,
+    quantize,
+    refit_decoder,
+    sample,
+    train_prior,
+    train_vae,
+    train_vqvae,
+)
+from geovq.stages.loaders import VaeFiles
+from geovq.stages.record import StageResult
+from geovq.stages.sources import slug
+
+FAMILIES = (
+    "train-vae",
+    "extract",
+    "quantize",
+    "refit-decoder",
+    "train-vqvae",
+    "train-prior",
+    "sample",
+    "compare",
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A smoke run: tiny data and epochs, finishes in about a minute on 2 CPU cores.
+    "quick": {
+        "data": {"limit": 200},
+        "vae": {"epochs": 1},
+        "quantize": {"k": 32, "restarts": 1},
+        "refit": {"epochs": 1},
+        "vqvae": {"k": 32, "epochs": 1},
+        "prior": {"epochs": 1, "layers": 4, "hidden": 32},
+        "compare": {"samples": 64, "sweep_k": "8,32", "classifier_epochs": 1},
+    },
+    # Meaningful results on mnist5k in minutes on 2 CPU cores.
+    "default": {"compare": {"sweep_k": "16,64,256,1024"}},
+    # For a GPU and the full datasets.
+    "full": {
+        "data": {"dataset": "mnist"},
+        "vae": {"epochs": 30},
+        "vqvae": {"epochs": 30},
+        "prior": {"epochs": 30, "layers": 8, "hidden": 128},
+        "compare": {"samples": 5000, "sweep_k": "16,64,256,1024,4096"},
+    },
+}
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise GeovqError(f"--preset {name} is unknown; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass
+class Step:
+    key: str  # manifest key of the stage record
+    family: str  # for --force
+    run: Callable[[Settings, NullProgress], StageResult]
+    settings: Settings
+    sections: tuple[str, ...] = ()  # settings sections the record must still match
+    deps: list[str] = field(default_factory=list)
+
+
+def plan(settings: Settings) -> list[Step]:
+    """The study's stages in order, each with the settings it runs with."""
+    steps: list[Step] = []
+    study = settings.study
+    forced = settings.model_copy(update={"force": True})
+
+    def add(key, family, stage, step_settings, sections=(), deps=()):
+        steps.append(Step(key, family, stage.run, step_settings, sections, list(deps)))
+
+    sources: list[tuple[str, str]] = []  # (source name, producer key)
+    latents = [(None, "flat", study.metrics)]
+    if study.spatial:
+        latents.append(("spatial", "spatial", study.spatial_metrics))
+    for vae_name, layout, metrics in latents:
+        files = VaeFiles(vae_name)
+        vae_settings = _with(forced, vae={"name": vae_name, "latent": layout})
+        add(files.train_key, "train-vae", train_vae, vae_settings, ("data", "vae"))
+        add(files.extract_key, "extract", extract, vae_settings, (), [files.train_key])
+        for metric in metrics:
+            q = _with(
+                vae_settings, quantize={"metric": metric, "name": None, "refit_decoder": False}
+            )
+            name = quantize.default_name(q.quantize, vae_name)
+            add(
+                quantize.stage_key(name),
+                "quantize",
+                quantize,
+                q,
+                ("quantize",),
+                [files.extract_key],
+            )
+            producer = quantize.stage_key(name)
+            if study.refit:
+                refit = _with(q, refit={"source": f"quant/{name}"})
+                add(
+                    refit_decoder.stage_key(name),
+                    "refit-decoder",
+                    refit_decoder,
+                    refit,
+                    ("refit",),
+                    [producer],
+                )
+                producer = refit_decoder.stage_key(name)
+            sources.append((f"quant/{name}", producer))
+    for grid in study.vqvae_grids:
+        vq = _with(forced, vqvae={"grid": grid, "name": None})
+        name = train_vqvae.default_name(vq)
+        add(train_vqvae.stage_key(name), "train-vqvae", train_vqvae, vq, ("data", "vqvae"))
+        sources.append((f"vqvae/{name}", train_vqvae.stage_key(name)))
+    if study.priors:
+        for source, producer in sources:
+            p = _with(forced, prior={"source": source})
+            add(
+                train_prior.stage_key(source), "train-prior", train_prior, p, ("prior",), [producer]
+            )
+            s = _with(forced, sample={"source": source, "mode": "prior", "out": None})
+            key = f"sample/{slug(source)}/prior"
+            add(key, "sample", sample, s, ("sample",), [train_prior.stage_key(source), producer])
+    add("compare", "compare", compare, forced, ("compare",), [step.key for step in steps])
+    return steps
+
+
+def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
+    progress = progress or NullProgress()
+    run_dir = RunDir(settings.run_dir)
+    unknown = [name for name in settings.study.redo if name not in FAMILIES]
+    if unknown:
+        raise GeovqError(f"--force {unknown[0]} is not a stage; choose from {', '.join(FAMILIES)}")
+    steps = plan(settings)
+    ran: set[str] = set()
+    report: list[dict[str, Any]] = []
+    for index, step in enumerate(steps, start=1):
+        progress.stage(index, len(steps), step.key)
+        if _skippable(run_dir, step, ran, settings.study.redo):
+            report.append({"stage": step.key, "status": "current", "seconds": 0.0})
+            continue
+        started = time.perf_counter()
+        step.run(step.settings, progress)
+        ran.add(step.key)
+        seconds = round(time.perf_counter() - started, 1)
+        report.append({"stage": step.key, "status": "ran", "seconds": seconds})
+        progress.log(f"[{index}/{len(steps)}] {step.key}: {seconds:.1f} s")
+    compare_record = run_dir.stage("compare") or {}
+    metrics = {
+        "stages": report,
+        "total_seconds": round(sum(item["seconds"] for item in report), 1),
+        "equal_rate_pairs": compare_record.get("metrics", {}).get("equal_rate_pairs", []),
+        "report": str(run_dir.file("report/report.md")),
+    }
+    rows = [[item["stage"], item["status"], f"{item['seconds']:.1f}"] for item in report]
+    return StageResult(
+        "run",
+        metrics,
+        title=f"geovq run ({metrics['total_seconds']:.0f} s)",
+        columns=["stage", "status", "seconds"],
+        rows=rows,
+        notes=[f"report: {metrics['report']}"] + compare._pair_notes(metrics["equal_rate_pairs"]),
+    )
+
+
+def _skippable(run_dir: RunDir, step: Step, ran: set[str], redo: list[str]) -> bool:
+    if step.family in redo or any(dep in ran for dep in step.deps):
+        return False
+    if not run_dir.outputs_current(step.key):
+        return False
+    recorded = run_dir.stage(step.key)["settings"]
+    for section in step.sections:
+        today = json.loads(getattr(step.settings, section).model_dump_json())
+        if recorded.get(section) != today:
+            return False
+    return recorded.get("seed", step.settings.seed) == step.settings.seed
+
+
+def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """A copy of the settings with some fields of some sections replaced."""
+    updates = {
+        name: getattr(settings, name).model_copy(update=values) for name, values in sections.items()
+    }
+    return settings.model_copy(update=updates)

@@ -1,0 +1,284 @@
+"""``geovq quantize``: cluster the VAE's latent chunks into a codebook, after training.
+
+Each latent (N, D) is split into L chunks of C = D/L dims, each a diagonal Gaussian
+(mu, sigma). A codebook of K codewords is fitted on ``--fit-split`` with the chosen metric and
+every split gets codes (N, H, W), H*W = L. Written to ``quant/<name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+
+import torch
+
+from geovq import GeovqError
+from geovq.metrics import summarize_codes
+from geovq.progress import NullProgress
+from geovq.quant.codebook import (
+    QuantizerFit,
+    assign_codes,
+    chunk_latents,
+    codeword_latents,
+    fit_codebook,
+)
+from geovq.quant.distances import w2_sq
+from geovq.rundir import RunDir
+from geovq.settings import QuantizeSettings, Settings, parse_grid
+from geovq.stages.loaders import (
+    VaeFiles,
+    decoded_mse,
+    latent_grid,
+    latent_splits,
+    load_latents,
+    load_vae,
+    split_images,
+)
+from geovq.stages.record import StageResult, StageRun
+from geovq.training import resolve_device
+
+FLAT_DEFAULT_CHUNKS = 8
+
+
+def default_name(q: QuantizeSettings, vae_name: str | None = None) -> str:
+    """``{metric}-k{K}``, ``-pp`` for per-position codebooks, ``-{vae}`` for a named VAE."""
+    if q.name:
+        return q.name
+    suffix = ("-pp" if q.codebook == "per-position" else "") + (f"-{vae_name}" if vae_name else "")
+    return f"{q.metric}-k{q.k}{suffix}"
+
+
+def stage_key(name: str) -> str:
+    return f"quantize/{name}"
+
+
+def chunk_grid(
+    q: QuantizeSettings, latent_dim: int, spatial: tuple[int, int] | None
+) -> tuple[int, tuple[int, int]]:
+    """(L, (H, W)): chunks per latent and the code grid the prior sees.
+
+    Defaults: one chunk per spatial position on an H x W grid for spatial latents; 8 chunks on a
+    2x4 grid for flat ones.
+    """
+    chunks = q.chunks or (spatial[0] * spatial[1] if spatial else FLAT_DEFAULT_CHUNKS)
+    if latent_dim % chunks:
+        raise GeovqError(
+            f"--chunks {chunks} does not divide the latent dimension {latent_dim}; "
+            f"use a divisor of {latent_dim}"
+        )
+    if q.grid is not None:
+        grid = parse_grid(q.grid)
+    elif spatial and chunks == spatial[0] * spatial[1]:
+        grid = spatial
+    elif chunks == FLAT_DEFAULT_CHUNKS:
+        grid = (2, 4)
+    else:
+        grid = (1, chunks)
+    if grid[0] * grid[1] != chunks:
+        raise GeovqError(
+            f"--grid {grid[0]}x{grid[1]} has {grid[0] * grid[1]} cells but there are {chunks} "
+            f"chunks; use a grid with H*W = {chunks}"
+        )
+    return chunks, grid
+
+
+def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
+    progress = progress or NullProgress()
+    run_dir = RunDir(settings.run_dir)
+    device = resolve_device(settings.device)
+    q = settings.quantize
+    files = VaeFiles(settings.vae.name)
+    name = default_name(q, files.name)
+    folder = f"quant/{name}"
+    record = StageRun(run_dir, stage_key(name), {}, device, settings.seed)
+    latents, latents_meta = load_latents(run_dir, settings.force, record.read, files)
+    splits = latent_splits(latents)
+    latent_dim = latents[f"{splits[0]}.mu"].shape[1]
+    chunks, grid = chunk_grid(q, latent_dim, latent_grid(latents_meta))
+    if q.fit_split not in splits:
+        raise GeovqError(
+            f"--fit-split {q.fit_split} is not in the latents; choose one of {', '.join(splits)}"
+        )
+    if run_dir.exists(f"{folder}/codes.safetensors") and not settings.force:
+        raise GeovqError(
+            f"{run_dir.file(folder)} already exists; pass --force to overwrite it or --name NEW"
+        )
+    mu = {s: chunk_latents(latents[f"{s}.mu"], chunks) for s in splits}
+    sigma = {s: chunk_latents(torch.exp(0.5 * latents[f"{s}.logvar"]), chunks) for s in splits}
+    _check_sizes(q, mu[q.fit_split])
+    vae, _ = load_vae(run_dir, device, settings.force, record.read, files)
+    images = split_images(run_dir, latents_meta, files)
+
+    progress.start(f"quantize {name}: fit on {q.fit_split}")
+    started = time.perf_counter()
+    fit = _fit(q, mu[q.fit_split], sigma[q.fit_split], settings.seed)
+    fit_seconds = time.perf_counter() - started
+    progress.finish()
+
+    codes: dict[str, torch.Tensor] = {}
+    split_metrics: dict[str, dict] = {}
+    for split in splits:
+        split_codes = (
+            fit.codes
+            if split == q.fit_split
+            else assign_codes(fit, mu[split], sigma[split], assign=q.assign)
+        )
+        codes[split] = split_codes
+        split_metrics[split] = quantization_metrics(
+            fit, split_codes, mu[split], sigma[split], vae, images[split], device
+        )
+        split_metrics[split]["vae_mse_per_pixel"] = decoded_mse(
+            vae.decode, latents[f"{split}.mu"], images[split], device
+        )
+
+    per_position = q.codebook == "per-position"
+    metadata = {
+        "kind": "posthoc",
+        "k": str(q.k),
+        "grid": json.dumps(list(grid)),
+        "per_position": json.dumps(per_position),
+        "metric": q.metric,
+        "chunks": str(chunks),
+        "source": folder,
+        "vae": files.name or "",
+        "fit_split": json.dumps(q.fit_split),
+    }
+    cb = fit.codebook
+    record.write(f"{folder}/codebook.safetensors", {"mu": cb.mu, "sigma": cb.sigma}, metadata)
+    tensors = {}
+    for split in splits:
+        tensors[f"{split}.codes"] = codes[split].reshape(-1, *grid).to(torch.int64)
+        tensors[f"{split}.labels"] = latents[f"{split}.labels"]
+    record.write(f"{folder}/codes.safetensors", tensors, metadata)
+    metrics = {
+        "name": name,
+        "kind": "posthoc",
+        "metric": q.metric,
+        "k": q.k,
+        "grid": list(grid),
+        "chunks": chunks,
+        "per_position": per_position,
+        "bits_per_image": chunks * math.log2(q.k),
+        "fit_points": int(mu[q.fit_split].shape[0] * (1 if per_position else chunks)),
+        "fit_seconds": round(fit_seconds, 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "fit_info": {k: v for k, v in fit.info.items() if isinstance(v, int | float | str | bool)},
+        "splits": split_metrics,
+    }
+    record.settings = {
+        "quantize": json.loads(q.model_dump_json()),
+        "vae": files.name,
+        "seed": settings.seed,
+    }
+    record.finish(metrics)
+    notes = []
+    if q.refit_decoder:
+        notes = _refit(settings, folder, progress, metrics)
+    return StageResult(
+        stage_key(name),
+        metrics,
+        record.outputs,
+        title=(
+            f"quantize {name} ({chunks} chunks, {metrics['bits_per_image']:.0f} bits/image, "
+            f"fit {fit_seconds:.1f} s)"
+        ),
+        columns=[
+            "split",
+            "mse/pixel",
+            "vae mse/pixel",
+            "utilisation",
+            "dead",
+            "perplexity",
+            "distortion W2²",
+        ],
+        rows=[
+            [
+                split,
+                f"{m['mse_per_pixel']:.5f}",
+                f"{m['vae_mse_per_pixel']:.5f}",
+                f"{m['utilisation']:.1%}",
+                str(m["dead_codes"]),
+                f"{m['perplexity']:.1f}",
+                f"{m['distortion']:.4f}",
+            ]
+            for split, m in split_metrics.items()
+        ],
+        notes=notes,
+    )
+
+
+def _refit(settings: Settings, source: str, progress, metrics: dict) -> list[str]:
+    """``--refit-decoder``: run the refit-decoder stage on the codes just written."""
+    from geovq.stages import refit_decoder
+
+    refit_settings = settings.model_copy(deep=True)
+    refit_settings.refit.source = source
+    result = refit_decoder.run(refit_settings, progress)
+    metrics["refit"] = {
+        "mse_before": result.metrics["mse_before"],
+        "mse_after": result.metrics["mse_after"],
+    }
+    return [
+        f"refit decoder, {split}: mse/pixel {row[1]} -> {row[2]}" for split, *row in result.rows
+    ]
+
+
+def quantization_metrics(
+    fit: QuantizerFit,
+    codes: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    vae,
+    images_u8: torch.Tensor,
+    device: torch.device,
+) -> dict[str, float]:
+    """Usage, distortion (mean W2² chunk -> codeword) and decoded MSE per pixel for one split."""
+    cb = fit.codebook
+    per_position = cb.mu.dim() == 3
+    figures = summarize_codes(codes, fit.codebook.mu.shape[-2], per_position=per_position)
+    if per_position:
+        positions = torch.arange(codes.shape[1])
+        word_mu, word_sigma = cb.mu[positions, codes], cb.sigma[positions, codes]
+    else:
+        word_mu, word_sigma = cb.mu[codes], cb.sigma[codes]
+    figures["distortion"] = float(
+        w2_sq(mu.double(), sigma.double(), word_mu.double(), word_sigma.double()).mean()
+    )
+    latents = codeword_latents(cb, codes)
+    figures["mse_per_pixel"] = decoded_mse(vae.decode, latents, images_u8, device)
+    return figures
+
+
+def _fit(q: QuantizeSettings, mu: torch.Tensor, sigma: torch.Tensor, seed: int) -> QuantizerFit:
+    try:
+        return fit_codebook(
+            mu,
+            sigma,
+            q.k,
+            q.metric,
+            per_position=q.codebook == "per-position",
+            seed=seed,
+            restarts=q.restarts,
+            iters=q.iters,
+            tol=q.tol,
+            knn=q.knn,
+            edge_weight=q.edge_weight,
+        )
+    except ValueError as error:
+        raise GeovqError(str(error)) from None
+
+
+def _check_sizes(q: QuantizeSettings, fit_mu: torch.Tensor) -> None:
+    """K and the graph's k must fit the number of points each codebook is fitted on."""
+    n_images, chunks = fit_mu.shape[:2]
+    points = n_images if q.codebook == "per-position" else n_images * chunks
+    if q.k > points:
+        raise GeovqError(
+            f"--k {q.k} is more than the {points} points to fit; use --k {points} or less"
+        )
+    if q.metric == "geodesic" and q.knn >= points:
+        raise GeovqError(
+            f"--knn {q.knn} must be less than the {points} points; use a smaller --knn"
+        )
