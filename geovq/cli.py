@@ -265,9 +265,8 @@ def extract_command(
     data = _data(dataset, limit, data_dir, download, image_size, channels)
     if as_name is None and _prune(data):
         _fail("--dataset and other data options need --as NAME with extract", EXIT_USER_ERROR)
-    run_stage(
-        g, extract.run, {"data": data, "extract": {"as_name": as_name, "batch_size": batch_size}}
-    )
+    options = {"as_name": as_name, "batch_size": batch_size}
+    run_stage(g, extract.run, {"data": data, "extract": options, "vae": {"name": vae_name}})
 
 
 K = Annotated[int | None, typer.Option("--k", help="Codebook size K.")]

@@ -33,7 +33,7 @@ from geovq.rundir import RunDir, atomic_write_bytes
 from geovq.settings import DataSettings, Settings, parse_k_list
 from geovq.stages.loaders import VaeFiles, load_latents, load_vae
 from geovq.stages.record import StageResult, StageRun
-from geovq.stages.sources import Source, list_sources, load_source
+from geovq.stages.sources import Source, has_refit_decoder, list_sources, load_source
 from geovq.stages.train_prior import code_baselines, prior_path, split_bits_per_code
 from geovq.training import resolve_device
 
@@ -65,21 +65,22 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     record = StageRun(
         run_dir, STAGE, {"compare": json.loads(options.model_dump_json())}, device, settings.seed
     )
-    sources = [load_source(run_dir, name, device, settings.force) for name in names]
+    data = _run_images(run_dir)
+    sources = _load_sources(run_dir, names, data, device, settings.force)
     for source in sources:
         record.inputs[f"{source.name}/codes.safetensors"] = source.codes_sha256
-        if options.split not in source.codes:
-            raise GeovqError(
-                f"--split {options.split} is not in {source.name}; choose one of "
-                f"{', '.join(source.codes)}"
-            )
-    data = _run_images(run_dir)
+    missing = [s.label for s in sources if options.split not in s.codes]
+    sources = [s for s in sources if options.split in s.codes]
+    if not sources:
+        raise GeovqError(
+            f"--split {options.split} is in no quantization; choose one of {', '.join(data.images)}"
+        )
     vaes = _recorded_vaes(run_dir)
 
     progress.start("compare: reconstructions", total=len(sources) + len(vaes))
     entries = {}
     for source in sources:
-        entries[source.name] = _source_entry(run_dir, source, data, device, settings.force)
+        entries[source.label] = _source_entry(run_dir, source, data, device, settings.force)
         progress.advance(1)
     references = {}
     for files in vaes:
@@ -113,8 +114,35 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         title=f"compare ({options.split} split)",
         columns=HEADLINE_COLUMNS,
         rows=headline_rows(metrics),
-        notes=[f"report: {run_dir.file(REPORT + '/report.md')}"] + _pair_notes(pairs),
+        notes=[f"report: {run_dir.file(REPORT + '/report.md')}"]
+        + _pair_notes(pairs)
+        + [
+            f"{name} has no {options.split} codes: rerun its stage to include it"
+            for name in missing
+        ],
     )
+
+
+def _load_sources(
+    run_dir: RunDir, names: list[str], data: RunImages, device, force
+) -> list[Source]:
+    """Every source; a post-hoc one with a refit decoder also as it decodes without the refit,
+    and VQ-VAEs encode splits they have no codes for (e.g. added by ``extract --as``)."""
+    sources = []
+    for name in names:
+        source = load_source(run_dir, name, device, force)
+        for split, images in data.images.items():
+            if split not in source.codes:
+                codes = source.encode(images)
+                if codes is not None:
+                    source.codes[split] = codes
+                    source.labels[split] = data.labels[split]
+        sources.append(source)
+        if source.kind == "posthoc" and has_refit_decoder(run_dir, name):
+            plain = load_source(run_dir, name, device, force, use_refit=False)
+            plain.variant = "vae decoder"
+            sources.append(plain)
+    return sources
 
 
 # -- per-source figures ------------------------------------------------------------------------
@@ -238,7 +266,7 @@ def _sample_quality(
                 figures["class_agreement"] = accuracy(
                     classifier, images.to(device), labels.to(device)
                 )
-        results["sources"][source.name] = figures
+        results["sources"][source.label] = figures
         progress.advance(1)
     for files in vaes:
         vae, _ = load_vae(run_dir, device, settings.force, files=files)
@@ -451,13 +479,15 @@ def _figures(run_dir: RunDir, sources, data: RunImages, metrics, quality, device
                 )
             )
     for source in sources:
-        rows.append((source.name, source.decode(source.codes[split][:IMAGES_SHOWN])))
+        rows.append((source.label, source.decode(source.codes[split][:IMAGES_SHOWN])))
     figures["reconstructions"] = str(
         save_image_rows(
             rows, run_dir.file(f"{REPORT}/reconstructions.png"), max_images=IMAGES_SHOWN
         ).relative_to(run_dir.path)
     )
-    usage = {s.name: code_counts(s.codes[split], s.k, per_position=s.per_position) for s in sources}
+    usage = {
+        s.label: code_counts(s.codes[split], s.k, per_position=s.per_position) for s in sources
+    }
     figures["code_usage"] = str(
         save_code_usage(usage, run_dir.file(f"{REPORT}/code_usage.png")).relative_to(run_dir.path)
     )
@@ -480,7 +510,7 @@ def _figures(run_dir: RunDir, sources, data: RunImages, metrics, quality, device
         path = save_image_rows(
             grid_rows, run_dir.file(f"{REPORT}/samples-{source.slug}.png"), max_images=16
         )
-        figures[f"samples {source.name}"] = str(path.relative_to(run_dir.path))
+        figures[f"samples {source.label}"] = str(path.relative_to(run_dir.path))
     return figures
 
 
@@ -586,7 +616,7 @@ def render_report(metrics: dict[str, Any]) -> str:
     else:
         lines.append(NO_PAIR_NOTE)
     lines += ["", "## Figures", ""]
-    for label, path in metrics.get("figures", {}).items():
+    for label, path in sorted(metrics.get("figures", {}).items()):
         lines.append(f"![{label}]({path.removeprefix(REPORT + '/')})")
     return "\n".join(lines) + "\n"
 

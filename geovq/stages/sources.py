@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,10 +34,19 @@ class Source:
     decoder: str  # which weights decode the codes (shown in reports)
     metadata: dict[str, str]
     _decode_logits: Callable[[torch.Tensor], torch.Tensor]
+    # VQ-VAEs can encode new images (e.g. an ``extract --as`` split); post-hoc codes come from
+    # ``quantize``, which assigns every split of the latents.
+    _encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    variant: str = ""  # e.g. "vae decoder": the same codes shown another way
+
+    @property
+    def label(self) -> str:
+        """Display name: the source name, plus the variant if any."""
+        return f"{self.name} [{self.variant}]" if self.variant else self.name
 
     @property
     def slug(self) -> str:
-        return slug(self.name)
+        return slug(self.label)
 
     @property
     def positions(self) -> int:
@@ -45,6 +55,17 @@ class Source:
     @property
     def bits_per_image(self) -> float:
         return self.positions * math.log2(self.k)
+
+    @torch.no_grad()
+    def encode(self, images_u8: torch.Tensor) -> torch.Tensor | None:
+        """(N, C, H, W) uint8 -> (N, H, W) codes, or None where this source cannot encode."""
+        if self._encode is None:
+            return None
+        parts = [
+            self._encode(images_u8[i : i + DECODE_BATCH]).cpu()
+            for i in range(0, images_u8.shape[0], DECODE_BATCH)
+        ]
+        return torch.cat(parts)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -58,7 +79,7 @@ class Source:
 
 def slug(name: str) -> str:
     """'quant/w2-k256' -> 'quant-w2-k256' (a file-name-safe form of a source name)."""
-    return name.replace("/", "-")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
 
 
 def list_sources(run_dir: RunDir) -> list[str]:
@@ -80,8 +101,14 @@ def producer_key(name: str) -> str:
     return f"quantize/{short}" if family == "quant" else f"train-vqvae/{short}"
 
 
-def load_source(run_dir: RunDir, name: str, device: torch.device, force: bool = False) -> Source:
-    """Load a quantization by name; a clear error naming the available ones if it is missing."""
+def load_source(
+    run_dir: RunDir, name: str, device: torch.device, force: bool = False, use_refit: bool = True
+) -> Source:
+    """Load a quantization by name; a clear error naming the available ones if it is missing.
+
+    A post-hoc source decodes through its refit decoder when it has one, unless ``use_refit``
+    is False (to show both).
+    """
     name = name.strip("/")
     if "/" not in name or name.split("/", 1)[0] not in ("quant", "vqvae"):
         raise GeovqError(
@@ -98,11 +125,11 @@ def load_source(run_dir: RunDir, name: str, device: torch.device, force: bool = 
     labels = {
         key.removesuffix(".labels"): t for key, t in tensors.items() if key.endswith(".labels")
     }
-    decode, decoder = (
-        _posthoc_decoder(run_dir, name, metadata, device, force)
-        if metadata.get("kind") == "posthoc"
-        else _vqvae_decoder(run_dir, name, device)
-    )
+    encode = None
+    if metadata.get("kind") == "posthoc":
+        decode, decoder = _posthoc_decoder(run_dir, name, metadata, device, force, use_refit)
+    else:
+        decode, decoder, encode = _vqvae_model(run_dir, name, device)
     return Source(
         name=name,
         kind=metadata.get("kind", "vqvae"),
@@ -115,10 +142,17 @@ def load_source(run_dir: RunDir, name: str, device: torch.device, force: bool = 
         decoder=decoder,
         metadata=metadata,
         _decode_logits=decode,
+        _encode=encode,
     )
 
 
-def _posthoc_decoder(run_dir: RunDir, name: str, metadata: dict, device: torch.device, force: bool):
+def has_refit_decoder(run_dir: RunDir, name: str) -> bool:
+    return run_dir.exists(f"{name}/decoder.safetensors")
+
+
+def _posthoc_decoder(
+    run_dir: RunDir, name: str, metadata: dict, device: torch.device, force: bool, use_refit: bool
+):
     from geovq.quant.codebook import Codebook, codeword_latents
     from geovq.stages.loaders import VaeFiles, load_vae
 
@@ -129,7 +163,7 @@ def _posthoc_decoder(run_dir: RunDir, name: str, metadata: dict, device: torch.d
     )
     decoder = "vae.safetensors"
     refit = f"{name}/decoder.safetensors"
-    if run_dir.exists(refit):
+    if use_refit and run_dir.exists(refit):
         weights, _ = run_dir.load_tensors(refit, f"refit decoder of {name}")
         vae.load_state_dict({**vae.state_dict(), **{k: v.to(device) for k, v in weights.items()}})
         decoder = refit
@@ -141,7 +175,7 @@ def _posthoc_decoder(run_dir: RunDir, name: str, metadata: dict, device: torch.d
     return decode, decoder
 
 
-def _vqvae_decoder(run_dir: RunDir, name: str, device: torch.device):
+def _vqvae_model(run_dir: RunDir, name: str, device: torch.device):
     from geovq.models.vqvae import VQVAE, VQVAEConfig
 
     tensors, metadata = run_dir.load_tensors(f"{name}/model.safetensors", f"model of {name}")
@@ -152,4 +186,7 @@ def _vqvae_decoder(run_dir: RunDir, name: str, device: torch.device):
     def decode(codes: torch.Tensor) -> torch.Tensor:
         return model.decode_codes(codes.to(device))
 
-    return decode, f"{name}/model.safetensors"
+    def encode(images_u8: torch.Tensor) -> torch.Tensor:
+        return model.codes_for(images_u8.to(device).float() / 255.0)
+
+    return decode, f"{name}/model.safetensors", encode

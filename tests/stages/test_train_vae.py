@@ -152,3 +152,16 @@ def test_bad_config_file(tmp_path, toml, needle):
     result = cli("train-vae", "--run-dir", tmp_path / "run", "--config", config)
     assert result.exit_code != 0 and needle in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_named_vaes_live_side_by_side(tiny_run):
+    base = ("--run-dir", tiny_run, "--device", "cpu", "-q")
+    flat_latents = (tiny_run / "latents.safetensors").read_bytes()
+    args = ("train-vae", *base, "--limit", "16", "--epochs", "1", "--vae", "spatial", "--latent", "spatial")
+    assert cli(*args).exit_code == 0
+    assert cli("extract", *base, "--vae", "spatial").exit_code == 0
+    assert (tiny_run / "latents.safetensors").read_bytes() == flat_latents
+    latents, _ = RunDir(tiny_run).load_tensors("latents-spatial.safetensors", "latents")
+    assert latents["train.mu"].shape == (16, 196)
+    stages = RunDir(tiny_run).manifest()["stages"]
+    assert {"train-vae", "train-vae/spatial", "extract", "extract/spatial"} <= set(stages)

@@ -1,0 +1,148 @@
+import json
+import math
+
+import pytest
+import torch
+
+from geovq.quant.distances import w2_sq
+from geovq.rundir import RunDir
+from tests.helpers import cli, snapshot
+
+BASE = ("--device", "cpu", "-q")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "w2", "geodesic"])
+def test_quantize_writes_codebook_codes_and_metrics(tiny_run, metric):
+    result = cli(
+        "quantize",
+        "--run-dir",
+        tiny_run,
+        "--metric",
+        metric,
+        "--k",
+        "16",
+        "--json",
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    run = RunDir(tiny_run)
+    codebook, meta = run.load_tensors(f"quant/{metric}-k16/codebook.safetensors", "codebook")
+    codes, _ = run.load_tensors(f"quant/{metric}-k16/codes.safetensors", "codes")
+    assert codebook["mu"].shape == codebook["sigma"].shape == (16, 4)
+    assert codes["train.codes"].shape == codes["test.codes"].shape == (64, 2, 4)
+    assert codes["test.codes"].dtype == torch.int64
+    assert metrics["bits_per_image"] == 8 * math.log2(16)
+    test = metrics["splits"]["test"]
+    assert 0 < test["utilisation"] <= 1 and test["dead_codes"] == round(
+        16 * (1 - test["utilisation"])
+    )
+    assert test["mse_per_pixel"] > 0 and test["vae_mse_per_pixel"] > 0
+    # Distortion is the mean W2² from each chunk to its codeword, recomputed here directly.
+    latents, _ = run.load_tensors("latents.safetensors", "latents")
+    mu = latents["test.mu"].view(64, 8, 4).double()
+    sigma = torch.exp(0.5 * latents["test.logvar"]).view(64, 8, 4).double()
+    c = codes["test.codes"].view(64, 8)
+    expected = w2_sq(mu, sigma, codebook["mu"][c].double(), codebook["sigma"][c].double()).mean()
+    assert test["distortion"] == pytest.approx(float(expected), rel=1e-6)
+    assert meta["kind"] == "posthoc" and json.loads(meta["grid"]) == [2, 4]
+
+
+def test_w2_test_codes_are_the_nearest_codeword(tiny_run):
+    assert (
+        cli("quantize", "--run-dir", tiny_run, "--metric", "w2", "--k", "8", *BASE).exit_code == 0
+    )
+    run = RunDir(tiny_run)
+    codebook, _ = run.load_tensors("quant/w2-k8/codebook.safetensors", "codebook")
+    codes, _ = run.load_tensors("quant/w2-k8/codes.safetensors", "codes")
+    latents, _ = run.load_tensors("latents.safetensors", "latents")
+    points = torch.cat(
+        [latents["test.mu"].view(-1, 4), torch.exp(0.5 * latents["test.logvar"]).view(-1, 4)], 1
+    ).double()
+    words = torch.cat([codebook["mu"], codebook["sigma"]], 1).double()
+    assert torch.equal(torch.cdist(points, words).argmin(1), codes["test.codes"].flatten())
+
+
+def test_per_position_codebooks(tiny_run):
+    args = (
+        "quantize",
+        "--run-dir",
+        tiny_run,
+        "--metric",
+        "w2",
+        "--k",
+        "8",
+        "--codebook",
+        "per-position",
+    )
+    assert cli(*args, *BASE).exit_code == 0
+    codebook, meta = RunDir(tiny_run).load_tensors(
+        "quant/w2-k8-pp/codebook.safetensors", "codebook"
+    )
+    assert codebook["mu"].shape == (8, 8, 4) and meta["per_position"] == "true"
+
+
+def test_same_seed_same_codebook_and_codes(tiny_run):
+    args = ("quantize", "--run-dir", tiny_run, "--metric", "geodesic", "--k", "8", *BASE)
+    assert cli(*args).exit_code == 0
+    first = [
+        (tiny_run / f"quant/geodesic-k8/{f}.safetensors").read_bytes()
+        for f in ("codebook", "codes")
+    ]
+    assert cli(*args, "--force").exit_code == 0
+    second = [
+        (tiny_run / f"quant/geodesic-k8/{f}.safetensors").read_bytes()
+        for f in ("codebook", "codes")
+    ]
+    assert first == second
+
+
+BAD = [
+    (("--k", "0"), "--k"),
+    (("--k", "513"), "--k 513"),
+    (("--chunks", "5"), "--chunks 5"),
+    (("--grid", "3x3"), "3x3"),
+    (("--metric", "cosine"), "--metric"),
+    (("--fit-split", "valid"), "--fit-split valid"),
+    (("--metric", "geodesic", "--knn", "600"), "--knn 600"),
+    (("--metric", "geodesic", "--knn", "0"), "--knn"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD)
+def test_bad_input(tiny_run, args, needle):
+    before = snapshot(tiny_run)
+    result = cli("quantize", "--run-dir", tiny_run, "--k", "8", *args)
+    assert result.exit_code != 0 and needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(tiny_run) == before
+
+
+def test_no_latents(tmp_path, tiny_run):
+    (tiny_run / "latents.safetensors").unlink()
+    result = cli("quantize", "--run-dir", tiny_run, "--k", "8")
+    assert result.exit_code != 0 and "geovq extract" in result.stderr
+
+
+def test_existing_name_needs_force(tiny_run):
+    assert cli("quantize", "--run-dir", tiny_run, "--k", "8", *BASE).exit_code == 0
+    before = snapshot(tiny_run)
+    result = cli("quantize", "--run-dir", tiny_run, "--k", "8")
+    assert result.exit_code != 0 and "--force" in result.stderr
+    assert snapshot(tiny_run) == before
+
+
+def test_spatial_vae_gives_7x7_codes_and_392_bits(tmp_path):
+    run = tmp_path / "run"
+    train = ("train-vae", "--run-dir", run, "--limit", "16", "--epochs", "1", "--vae", "spatial")
+    assert cli(*train, "--latent", "spatial", *BASE).exit_code == 0
+    assert cli("extract", "--run-dir", run, "--vae", "spatial", *BASE).exit_code == 0
+    result = cli(
+        "quantize", "--run-dir", run, "--vae", "spatial", "--k", "256", "--json", "--device", "cpu"
+    )
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["bits_per_image"] == 392 and metrics["grid"] == [7, 7]
+    codes, _ = RunDir(run).load_tensors("quant/w2-k256-spatial/codes.safetensors", "codes")
+    assert codes["test.codes"].shape == (16, 7, 7)
