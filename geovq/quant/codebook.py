@@ -1,0 +1,279 @@
+"""Codebooks of chunk Gaussians: fit one on VAE latents, assign codes, decode codes to latents.
+
+A latent (N, D) splits into L chunks of C = D / L dims, each a diagonal Gaussian (mu, sigma).
+A codebook holds K codewords (mu, sigma), shared by all L positions (K, C) or one per position
+(L, K, C); codes (N, L) index it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geovq.quant.distances import check_metric, metric_features, nearest_center
+from geovq.quant.geodesic import (
+    ASSIGN_MODES,
+    GeodesicFit,
+    assign_geodesic,
+    check_edge_weight,
+    check_knn,
+    geodesic_kmedoids,
+)
+from geovq.quant.kmeans import check_k, kmeans
+
+
+@dataclass
+class Codebook:
+    """Codeword means and standard deviations: shared (K, C) or per position (L, K, C)."""
+
+    mu: Tensor
+    sigma: Tensor
+    metric: str
+
+    @property
+    def per_position(self) -> bool:
+        return self.mu.ndim == 3
+
+    @property
+    def k(self) -> int:
+        return self.mu.shape[-2]
+
+
+@dataclass
+class QuantizerFit:
+    """A fitted codebook, the codes (N, L) int64 of the fit points, and fit figures in `info`
+    (JSON-friendly; "objective" is the k-means inertia, a sum of squared distances, or for
+    geodesic the sum of geodesic distances to the medoids). `geodesic_fits` keeps the graph
+    fits (one, or one per position) that assign_codes needs for new points."""
+
+    codebook: Codebook
+    codes: Tensor
+    info: dict
+    knn: int = 10
+    geodesic_fits: list[GeodesicFit] = field(default_factory=list, repr=False)
+
+
+def chunk_latents(latents: Tensor, chunks: int) -> Tensor:
+    """(N, D) -> (N, L, C) with L = chunks and C = D / L."""
+    if latents.ndim != 2:
+        raise ValueError(f"latents must be (N, D), got shape {tuple(latents.shape)}")
+    dim = latents.shape[1]
+    if chunks < 1 or dim % chunks:
+        raise ValueError(f"chunks must divide the latent dimension {dim}, got {chunks}")
+    return latents.reshape(latents.shape[0], chunks, dim // chunks)
+
+
+def fit_codebook(
+    mu: Tensor,
+    sigma: Tensor,
+    k: int,
+    metric: str,
+    *,
+    per_position: bool = False,
+    seed: int = 0,
+    restarts: int = 1,
+    iters: int = 100,
+    tol: float = 1e-4,
+    knn: int = 10,
+    edge_weight: str = "w2",
+) -> QuantizerFit:
+    """Fit a codebook of K codewords on chunk Gaussians mu, sigma (N, L, C).
+
+    Shared: all N * L chunks pooled; per position: one codebook per position l on mu[:, l].
+    euclidean/w2: k-means (restarts, iters, tol as in `kmeans`) on mu or [mu, sigma];
+    codewords are the cluster means of mu and sigma. geodesic: k-medoids on the kNN graph
+    (knn, edge_weight; iters, tol, restarts as in `geodesic_kmedoids`); codewords are
+    the medoid chunks.
+    """
+    _check_chunks(mu, sigma)
+    check_metric(metric)
+    check_edge_weight(edge_weight)
+    n, positions, _ = mu.shape
+    points_per_fit = n if per_position else n * positions
+    check_k(k, points_per_fit)
+    if metric == "geodesic":
+        check_knn(knn, points_per_fit)
+    started = time.perf_counter()
+    if per_position:
+        groups = [(mu[:, position], sigma[:, position]) for position in range(positions)]
+    else:
+        groups = [(mu.reshape(-1, mu.shape[-1]), sigma.reshape(-1, sigma.shape[-1]))]
+    settings = _FitSettings(restarts, iters, tol, knn, edge_weight)
+    fits = [
+        _fit_group(group_mu, group_sigma, k, metric, seed + index, settings)
+        for index, (group_mu, group_sigma) in enumerate(groups)
+    ]
+    if per_position:
+        codebook_mu = torch.stack([f.mu for f in fits])
+        codebook_sigma = torch.stack([f.sigma for f in fits])
+        codes = torch.stack([f.labels for f in fits], dim=1)
+    else:
+        codebook_mu, codebook_sigma = fits[0].mu, fits[0].sigma
+        codes = fits[0].labels.reshape(n, positions)
+    info = {
+        "metric": metric,
+        "k": k,
+        "per_position": per_position,
+        "points": points_per_fit,
+        "fit_seconds": time.perf_counter() - started,
+        "objective": sum(f.objective for f in fits),
+        "iterations": [f.iterations for f in fits],
+        "components_joined": sum(f.components_joined for f in fits),
+    }
+    return QuantizerFit(
+        codebook=Codebook(codebook_mu, codebook_sigma, metric),
+        codes=codes,
+        info=info,
+        knn=knn,
+        geodesic_fits=[f.geodesic for f in fits if f.geodesic is not None],
+    )
+
+
+@dataclass
+class _FitSettings:
+    restarts: int
+    iters: int
+    tol: float
+    knn: int
+    edge_weight: str
+
+
+@dataclass
+class _GroupFit:
+    """One codebook: codewords (K, C), labels (M,), and the fit's figures."""
+
+    mu: Tensor
+    sigma: Tensor
+    labels: Tensor
+    objective: float
+    iterations: int
+    components_joined: int = 0
+    geodesic: GeodesicFit | None = None
+
+
+def _fit_group(
+    mu: Tensor, sigma: Tensor, k: int, metric: str, seed: int, settings: _FitSettings
+) -> _GroupFit:
+    """One codebook on chunks mu, sigma (M, C)."""
+    if metric == "geodesic":
+        return _fit_geodesic(mu, sigma, k, seed, settings)
+    result = kmeans(
+        metric_features(mu, sigma, metric),
+        k,
+        restarts=settings.restarts,
+        iters=settings.iters,
+        tol=settings.tol,
+        seed=seed,
+    )
+    if metric == "w2":  # the centroid in [mu, sigma] is the W2 barycenter
+        code_mu, code_sigma = result.centers.split(mu.shape[1], dim=1)
+    else:  # euclidean: sigma is the mean sigma of each cluster's members
+        code_mu, code_sigma = result.centers, _cluster_mean(sigma, result.labels, k)
+    code_mu = code_mu.detach().cpu().to(mu.dtype).contiguous()
+    code_sigma = code_sigma.detach().cpu().to(sigma.dtype).contiguous()
+    # codes of the codewords as stored (rounded to the input dtype), as assign_codes gives them
+    codewords = metric_features(code_mu, code_sigma, metric)
+    labels = nearest_center(metric_features(mu, sigma, metric), codewords)[0]
+    return _GroupFit(code_mu, code_sigma, labels, result.inertia, result.iterations)
+
+
+def _fit_geodesic(
+    mu: Tensor, sigma: Tensor, k: int, seed: int, settings: _FitSettings
+) -> _GroupFit:
+    points = metric_features(mu, sigma, "geodesic").detach().cpu().double().numpy()
+    fit = geodesic_kmedoids(
+        points,
+        k,
+        knn=settings.knn,
+        edge_weight=settings.edge_weight,
+        iters=settings.iters,
+        tol=settings.tol,
+        restarts=settings.restarts,
+        seed=seed,
+    )
+    medoids = torch.from_numpy(fit.medoids)
+    return _GroupFit(
+        mu.detach().cpu()[medoids].clone(),
+        sigma.detach().cpu()[medoids].clone(),
+        torch.from_numpy(fit.labels),
+        fit.objective,
+        fit.iterations,
+        fit.components_joined,
+        fit,
+    )
+
+
+def _cluster_mean(values: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Mean (K, C) of the rows of each cluster; an empty cluster gets the overall mean."""
+    values64 = values.detach().cpu().double()
+    sums = torch.zeros(k, values.shape[1], dtype=torch.float64).index_add_(0, labels, values64)
+    counts = torch.bincount(labels, minlength=k).unsqueeze(1)
+    means = sums / counts.clamp_min(1)
+    return torch.where(counts > 0, means, values64.mean(0)).to(values.dtype)
+
+
+def assign_codes(fit: QuantizerFit, mu: Tensor, sigma: Tensor, assign: str = "geodesic") -> Tensor:
+    """Codes (N, L) int64 of chunk Gaussians mu, sigma (N, L, C) under a fitted codebook.
+
+    euclidean codebooks: nearest codeword mu; w2: nearest codeword in W2. geodesic codebooks:
+    assign="geodesic" goes through the fit's kNN graph (assign_geodesic), assign="w2" takes
+    the nearest medoid in W2. `assign` only matters for geodesic codebooks.
+    """
+    if assign not in ASSIGN_MODES:
+        raise ValueError(f"unknown assign mode {assign!r}: choose one of {', '.join(ASSIGN_MODES)}")
+    _check_chunks(mu, sigma)
+    codebook = fit.codebook
+    n, positions, chunk = mu.shape
+    if chunk != codebook.mu.shape[-1]:
+        raise ValueError(f"chunks have {chunk} dims, the codebook has {codebook.mu.shape[-1]}")
+    if codebook.per_position and positions != codebook.mu.shape[0]:
+        raise ValueError(f"{positions} positions, the codebook has {codebook.mu.shape[0]}")
+    metric = codebook.metric
+    if codebook.per_position:
+        codes = [
+            _assign_group(fit, position, mu[:, position], sigma[:, position], metric, assign)
+            for position in range(positions)
+        ]
+        return torch.stack(codes, dim=1)
+    flat_mu, flat_sigma = mu.reshape(-1, chunk), sigma.reshape(-1, chunk)
+    return _assign_group(fit, 0, flat_mu, flat_sigma, metric, assign).reshape(n, positions)
+
+
+def _assign_group(
+    fit: QuantizerFit, index: int, mu: Tensor, sigma: Tensor, metric: str, assign: str
+) -> Tensor:
+    """Codes (M,) of chunks mu, sigma (M, C) under codebook `index` (0 when shared)."""
+    codebook = fit.codebook
+    code_mu = codebook.mu[index] if codebook.per_position else codebook.mu
+    code_sigma = codebook.sigma[index] if codebook.per_position else codebook.sigma
+    if metric == "geodesic" and assign == "geodesic":
+        points = metric_features(mu, sigma, metric).detach().cpu().double().numpy()
+        labels = assign_geodesic(fit.geodesic_fits[index], points, fit.knn, mode="geodesic")
+        return torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    features = metric_features(mu, sigma, metric)
+    centers = metric_features(code_mu, code_sigma, metric)
+    return nearest_center(features, centers)[0]
+
+
+def codeword_latents(codebook: Codebook, codes: Tensor) -> Tensor:
+    """Codes (N, L) -> codeword means (N, L * C), the latents to decode."""
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be (N, L), got shape {tuple(codes.shape)}")
+    codes = codes.to(torch.int64)
+    if codebook.per_position:
+        positions = torch.arange(codes.shape[1]).unsqueeze(0)
+        chunks = codebook.mu[positions, codes]
+    else:
+        chunks = codebook.mu[codes]
+    return chunks.reshape(codes.shape[0], -1)
+
+
+def _check_chunks(mu: Tensor, sigma: Tensor) -> None:
+    if mu.ndim != 3:
+        raise ValueError(f"mu must be (N, L, C), got shape {tuple(mu.shape)}")
+    if mu.shape != sigma.shape:
+        raise ValueError(f"mu and sigma shapes differ: {tuple(mu.shape)} vs {tuple(sigma.shape)}")
