@@ -57,11 +57,43 @@ def bare_loop_codes_per_s(
 
 
 # --- geovq training machinery -------------------------------------------------------------
-# Lead: add `machinery_codes_per_s(model, codes, batch_size, epochs) -> float` here, timing the
-# same epochs through geovq's own training loop, and register it in TRAINING_LOOPS below.
+def machinery_codes_per_s(
+    model: GatedPixelCNN, codes: torch.Tensor, batch_size: int, epochs: int
+) -> float:
+    """Median codes/s of single-epoch calls of geovq.training.train with train-prior's step.
+
+    Wall time per call, so optimizer set-up and the per-epoch checkpoint write are included.
+    """
+    import math
+    import tempfile
+
+    import torch.nn.functional as F
+
+    from geovq.rundir import RunDir
+    from geovq.training import TrainConfig, train
+
+    def step(batch, generator):
+        nats = F.cross_entropy(model(batch[0]), batch[0])
+        return nats, {"bits_per_code": nats / math.log(2)}
+
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = RunDir(folder)
+
+        def run_epoch() -> float:
+            config = TrainConfig(epochs=1, batch_size=batch_size, lr=1e-3, seed=0)
+            _sync(codes.device)
+            start = time.perf_counter()
+            train(model, [codes], step, dict, config, run_dir, "checkpoints/prior.safetensors")
+            _sync(codes.device)
+            return codes.numel() / (time.perf_counter() - start)
+
+        run_epoch()
+        return statistics.median(run_epoch() for _ in range(epochs))
+
 
 TRAINING_LOOPS: dict[str, Callable[[GatedPixelCNN, torch.Tensor, int, int], float]] = {
     "bare PyTorch loop": bare_loop_codes_per_s,
+    "geovq train-prior loop": machinery_codes_per_s,
 }
 # -------------------------------------------------------------------------------------------
 
@@ -93,11 +125,14 @@ def main() -> None:
         generator = torch.Generator().manual_seed(0)
         codes = torch.randint(0, NUM_CODES, (NUM_GRIDS, height, width), generator=generator)
         codes = codes.to(device)
+        rates = {}
         for name, codes_per_s in TRAINING_LOOPS.items():
             torch.manual_seed(0)
             model = GatedPixelCNN(config).to(device)
-            rate = codes_per_s(model, codes, BATCH_SIZE, EPOCHS)
-            print(f"{height}x{width}  train  {name:<24} {rate:>12,.0f} codes/s")
+            rates[name] = codes_per_s(model, codes, BATCH_SIZE, EPOCHS)
+            print(f"{height}x{width}  train  {name:<24} {rates[name]:>12,.0f} codes/s")
+        ratio = rates["geovq train-prior loop"] / rates["bare PyTorch loop"]
+        print(f"{height}x{width}  train  ratio geovq/bare {'':<6} {ratio:>12.3f}")
         torch.manual_seed(0)
         model = GatedPixelCNN(config).to(device)
         seconds = sampling_seconds(model, SAMPLES)

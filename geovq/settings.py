@@ -232,7 +232,7 @@ class Settings(BaseSettings):
 
 
 _config_file: ContextVar[Path | None] = ContextVar("geovq_config_file", default=None)
-_preset: ContextVar[dict[str, Any]] = ContextVar("geovq_preset", default={})
+_preset: ContextVar[dict[str, Any] | None] = ContextVar("geovq_preset", default=None)
 
 
 class _PresetSource(PydanticBaseSettingsSource):
@@ -242,7 +242,7 @@ class _PresetSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return _preset.get()
+        return _preset.get() or {}
 
 
 class _TomlSource(PydanticBaseSettingsSource):

@@ -157,7 +157,18 @@ def test_bad_config_file(tmp_path, toml, needle):
 def test_named_vaes_live_side_by_side(tiny_run):
     base = ("--run-dir", tiny_run, "--device", "cpu", "-q")
     flat_latents = (tiny_run / "latents.safetensors").read_bytes()
-    args = ("train-vae", *base, "--limit", "16", "--epochs", "1", "--vae", "spatial", "--latent", "spatial")
+    args = (
+        "train-vae",
+        *base,
+        "--limit",
+        "16",
+        "--epochs",
+        "1",
+        "--vae",
+        "spatial",
+        "--latent",
+        "spatial",
+    )
     assert cli(*args).exit_code == 0
     assert cli("extract", *base, "--vae", "spatial").exit_code == 0
     assert (tiny_run / "latents.safetensors").read_bytes() == flat_latents

@@ -1,0 +1,109 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from geovq.rundir import sha256_file
+from tests.helpers import cli, snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    result = cli("run", "--preset", "quick", "--run-dir", run, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    return run, json.loads(result.stdout)
+
+
+def test_quick_run_does_the_whole_study(quick_run):
+    run, payload = quick_run
+    stages = {item["stage"]: item["status"] for item in payload["metrics"]["stages"]}
+    assert all(status == "ran" for status in stages.values())
+    for key in (
+        "train-vae",
+        "train-vae/spatial",
+        "quantize/geodesic-k32",
+        "train-vqvae/vqvae-7x7-k32",
+        "compare",
+    ):
+        assert key in stages
+    report = json.loads((run / "report/metrics.json").read_text())
+    pairs = {(p["posthoc"], p["vqvae"]) for p in report["equal_rate_pairs"]}
+    assert ("quant/w2-k32", "vqvae/vqvae-2x4-k32") in pairs
+    assert ("quant/w2-k32-spatial", "vqvae/vqvae-7x7-k32") in pairs
+    assert (run / "report/report.md").read_text().startswith("# geovq compare")
+    assert (run / "report/rate_distortion.png").is_file()
+
+
+def test_second_run_rewrites_nothing(quick_run):
+    run, _ = quick_run
+    before = {path: sha256_file(run / path) for path in snapshot(run)}
+    times = snapshot(run)
+    result = cli("run", "--preset", "quick", "--run-dir", run, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    statuses = {item["status"] for item in json.loads(result.stdout)["metrics"]["stages"]}
+    assert statuses == {"current"}
+    assert {path: sha256_file(run / path) for path in snapshot(run)} == before
+    assert snapshot(run) == times
+
+
+def test_force_redoes_a_stage_and_what_depends_on_it(quick_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run[0], run)
+    result = cli(
+        "run",
+        "--preset",
+        "quick",
+        "--run-dir",
+        run,
+        "--device",
+        "cpu",
+        "--force",
+        "train-vqvae",
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    ran = {
+        i["stage"] for i in json.loads(result.stdout)["metrics"]["stages"] if i["status"] == "ran"
+    }
+    assert "train-vqvae/vqvae-2x4-k32" in ran and "train-prior/vqvae-vqvae-2x4-k32" in ran
+    assert "compare" in ran and "train-vae" not in ran and "quantize/w2-k32" not in ran
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(("--preset", "nosuch"), "--preset nosuch"), (("--force", "trian-vae"), "--force trian-vae")],
+)
+def test_bad_run_input(tmp_path, args, needle):
+    result = cli("run", "--run-dir", tmp_path / "run", *args)
+    assert result.exit_code != 0 and needle in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_example_script_runs_as_written(tmp_path):
+    env = {
+        **os.environ,
+        "GEOVQ": f"{sys.executable} -m geovq",
+        "K": "16",
+        "GEOVQ_DATA__LIMIT": "64",
+        "GEOVQ_VAE__EPOCHS": "1",
+        "GEOVQ_VQVAE__EPOCHS": "1",
+        "GEOVQ_PRIOR__EPOCHS": "1",
+        "GEOVQ_REFIT__EPOCHS": "1",
+        "GEOVQ_COMPARE__SAMPLES": "32",
+        "GEOVQ_COMPARE__CLASSIFIER_EPOCHS": "1",
+        "GEOVQ_DEVICE": "cpu",
+    }
+    script = ROOT / "examples/mnist5k_pipeline.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "run")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run/report/metrics.json").is_file()
