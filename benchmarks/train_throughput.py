@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
-    images = load_dataset(DataSettings(limit=args.limit)).splits["train"].images
+    images = load_dataset(DataSettings()).splits["train"].images[: args.limit]
     torch.manual_seed(0)
     bare_model, ours_model = VAE(VAEConfig()), VAE(VAEConfig())
     optimizer = torch.optim.Adam(bare_model.parameters(), lr=1e-3)

@@ -180,6 +180,8 @@ class StudySettings(Section):
     metrics: list[Literal["euclidean", "w2", "geodesic"]] = ["euclidean", "w2", "geodesic"]
     spatial: bool = True
     spatial_metrics: list[Literal["euclidean", "w2", "geodesic"]] = ["w2", "geodesic"]
+    # Metrics also fitted with one codebook per position (same bits, L x the codewords).
+    per_position_metrics: list[Literal["euclidean", "w2", "geodesic"]] = []
     vqvae_grids: list[str] = ["2x4", "7x7"]
     refit: bool = True
     priors: bool = True

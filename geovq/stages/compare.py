@@ -423,9 +423,10 @@ def _sweep(run_dir: RunDir, entries, options, settings: Settings, device, progre
             if k > points_available:
                 progress.advance(1)
                 continue
-            options_used = {
-                key: q[key] for key in ("restarts", "iters", "tol", "knn", "edge_weight")
-            }
+            # One restart per sweep point: the sweep maps the curve; the run's own codebooks
+            # are the carefully fitted points.
+            options_used = {key: q[key] for key in ("iters", "tol", "knn", "edge_weight")}
+            options_used["restarts"] = 1
             fit = fit_codebook(
                 fit_mu,
                 fit_sigma,

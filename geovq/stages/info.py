@@ -9,7 +9,7 @@ from geovq import GeovqError
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Settings
-from geovq.stages.record import StageResult
+from geovq.stages.record import StageResult, fmt
 
 HEADLINE_METRICS = (
     "test_mse_per_pixel",
@@ -42,7 +42,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
             "metrics": headline,
             "outputs": sorted(record.get("outputs", {})),
         }
-        shown = "  ".join(f"{k} {_fmt(v)}" for k, v in headline.items())
+        shown = "  ".join(f"{k} {fmt(v, 4)}" for k, v in headline.items())
         rows.append([key, "yes" if current else "NO", f"{record.get('wall_time_s', 0):.1f}", shown])
         for relpath in record.get("outputs", {}):
             if run_dir.exists(relpath):
@@ -64,7 +64,3 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     if isinstance(test, dict):
         found.update({k: test[k] for k in HEADLINE_METRICS if isinstance(test.get(k), int | float)})
     return found
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -56,8 +56,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "prior": {"epochs": 1, "layers": 4, "hidden": 32},
         "compare": {"samples": 64, "sweep_k": "8,32", "classifier_epochs": 1},
     },
-    # Meaningful results on mnist5k in minutes on 2 CPU cores.
-    "default": {"compare": {"sweep_k": "16,64,256,1024"}},
+    # Meaningful results on mnist5k in under 15 minutes on 2 CPU cores.
+    "default": {
+        "vae": {"epochs": 12},
+        "vqvae": {"epochs": 12},
+        "prior": {"epochs": 5},
+        "study": {"spatial_metrics": ["w2"]},
+        "compare": {"sweep_k": "16,64,256,1024", "samples": 300},
+    },
     # For a GPU and the full datasets.
     "full": {
         "data": {"dataset": "mnist"},
@@ -103,10 +109,11 @@ def plan(settings: Settings) -> list[Step]:
         vae_settings = _with(forced, vae={"name": vae_name, "latent": layout})
         add(files.train_key, "train-vae", train_vae, vae_settings, ("data", "vae"))
         add(files.extract_key, "extract", extract, vae_settings, (), [files.train_key])
-        for metric in metrics:
-            q = _with(
-                vae_settings, quantize={"metric": metric, "name": None, "refit_decoder": False}
-            )
+        variants = [(m, "shared") for m in metrics]
+        variants += [(m, "per-position") for m in study.per_position_metrics]
+        for metric, codebook in variants:
+            options = {"metric": metric, "codebook": codebook, "name": None, "refit_decoder": False}
+            q = _with(vae_settings, quantize=options)
             name = quantize.default_name(q.quantize, vae_name)
             add(
                 quantize.stage_key(name),

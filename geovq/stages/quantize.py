@@ -221,7 +221,8 @@ def _refit(settings: Settings, source: str, progress, metrics: dict) -> list[str
         "mse_after": result.metrics["mse_after"],
     }
     return [
-        f"refit decoder, {split}: mse/pixel {row[1]} -> {row[2]}" for split, *row in result.rows
+        f"refit decoder, {split}: mse/pixel {before} -> {after}"
+        for split, before, after, _ in result.rows
     ]
 
 

@@ -36,6 +36,11 @@ class StageResult:
         }
 
 
+def fmt(value: Any, digits: int = 5) -> str:
+    """A table cell: floats to ``digits`` significant digits, anything else as text."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
 class StageRun:
     """Collects one stage's record while it runs; ``finish`` writes the manifest entry."""
 

@@ -18,7 +18,7 @@ from geovq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig, code_nll_bits, 
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Settings
-from geovq.stages.record import StageResult, StageRun
+from geovq.stages.record import StageResult, StageRun, fmt
 from geovq.stages.sources import Source, list_sources, load_source, slug
 from geovq.training import TrainConfig, resolve_device, train
 
@@ -110,13 +110,13 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     }
     record.finish(metrics)
     rows = [
-        ["prior", _fmt(bits), _fmt(bits * source.positions)],
+        ["prior", fmt(bits), fmt(bits * source.positions)],
         [
             "unigram",
-            _fmt(baselines["unigram_bits_per_code"]),
-            _fmt(baselines["unigram_bits_per_code"] * source.positions),
+            fmt(baselines["unigram_bits_per_code"]),
+            fmt(baselines["unigram_bits_per_code"] * source.positions),
         ],
-        ["uniform", _fmt(baselines["uniform_bits_per_code"]), _fmt(source.bits_per_image)],
+        ["uniform", fmt(baselines["uniform_bits_per_code"]), fmt(source.bits_per_image)],
     ]
     return StageResult(
         stage_key(name),
@@ -167,7 +167,3 @@ def _num_classes(source: Source) -> int:
 
 def _recorded(settings: Settings) -> dict:
     return {"prior": json.loads(settings.prior.model_dump_json()), "seed": settings.seed}
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -13,7 +13,7 @@ from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Settings
 from geovq.stages.loaders import VaeFiles
-from geovq.stages.record import StageResult, StageRun
+from geovq.stages.record import StageResult, StageRun, fmt
 from geovq.training import TrainConfig, resolve_device, train
 
 EVAL_BATCH = 1000
@@ -101,7 +101,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     }
     record.finish(metrics)
     rows = [
-        [k, _fmt(metrics[k])]
+        [k, fmt(metrics[k])]
         for k in ("train_loss", "test_loss", "test_mse_per_pixel", "test_kl", "images_per_s")
     ]
     return StageResult(files.train_key, metrics, record.outputs, title=files.train_key, rows=rows)
@@ -133,7 +133,3 @@ def _recorded_settings(settings: Settings) -> dict:
         "seed": settings.seed,
         "device": settings.device,
     }
-
-
-def _fmt(value) -> str:
-    return f"{value:.5g}" if isinstance(value, float) else str(value)

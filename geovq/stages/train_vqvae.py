@@ -18,7 +18,7 @@ from geovq.models.vqvae import VQVAE, VQVAEConfig, validate_config, vqvae_loss
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import DataSettings, Settings, parse_grid
-from geovq.stages.record import StageResult, StageRun
+from geovq.stages.record import StageResult, StageRun, fmt
 from geovq.training import TrainConfig, resolve_device, train
 
 KMEANS_INIT_IMAGES = 2048
@@ -123,7 +123,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     record.finish(metrics)
     test = split_metrics.get("test", {})
     rows = [
-        [key, _fmt(test.get(key))]
+        [key, fmt(test.get(key))]
         for key in ("mse_per_pixel", "utilisation", "dead_codes", "perplexity", "bits_per_image")
     ]
     return StageResult(
@@ -226,7 +226,3 @@ def _recorded(settings: Settings, data: DataSettings) -> dict:
         "vqvae": json.loads(settings.vqvae.model_dump_json()),
         "seed": settings.seed,
     }
-
-
-def _fmt(value) -> str:
-    return f"{value:.5g}" if isinstance(value, float) else str(value)

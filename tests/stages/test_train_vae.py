@@ -176,3 +176,27 @@ def test_named_vaes_live_side_by_side(tiny_run):
     assert latents["train.mu"].shape == (16, 196)
     stages = RunDir(tiny_run).manifest()["stages"]
     assert {"train-vae", "train-vae/spatial", "extract", "extract/spatial"} <= set(stages)
+
+
+def test_ctrl_c_exits_130_and_keeps_the_last_epoch(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "geovq", "train-vae", "--run-dir", str(run)]
+    command += ["--limit", "64", "--epochs", "200", "--device", "cpu", "-q"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    checkpoint = run / "checkpoints/train-vae.safetensors"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    assert not (run / "vae.safetensors").exists() and not (run / "manifest.json").exists()
+    _, metadata = RunDir(run).load_tensors("checkpoints/train-vae.safetensors", "checkpoint")
+    assert int(metadata["epoch"]) >= 1
