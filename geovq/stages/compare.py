@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from geovq import GeovqError
-from geovq.data import load_dataset, to_float
+from geovq.data import load_dataset, stratified_head, to_float
 from geovq.metrics import frechet_distance, mse_per_pixel, psnr, ssim, summarize_codes
 from geovq.models.classifier import (
     ClassifierConfig,
@@ -280,9 +280,12 @@ def _sample_quality(
         }
         progress.advance(1)
     progress.finish()
+    # The reference floor: as many real train images as samples, balanced over classes (the
+    # split itself may be sorted by class).
+    subset = stratified_head(data.labels["train"], min(options.samples, len(data.labels["train"])))
+    real_train = to_float(data.images["train"][subset]).to(device)
     results["real_train_frechet"] = frechet_distance(
-        extract_features(classifier, to_float(data.images["train"][: options.samples]).to(device)),
-        real_features,
+        extract_features(classifier, real_train), real_features
     )
     return results
 
@@ -598,7 +601,7 @@ def render_report(metrics: dict[str, Any]) -> str:
     if "classifier_test_accuracy" in quality:
         lines.append(
             f"Classifier test accuracy: {quality['classifier_test_accuracy']:.1%}; "
-            f"FD of real train images: {quality['real_train_frechet']:.2f}."
+            f"FD of as many real train images (the floor): {quality['real_train_frechet']:.2f}."
         )
         for name, figures in quality["sources"].items():
             if "class_agreement" in figures:
