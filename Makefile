@@ -16,10 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+PRESET ?= default
+
 run: install
-	$(VENV)/bin/geovq train-vae --run-dir $(RUN_DIR)
-	$(VENV)/bin/geovq extract --run-dir $(RUN_DIR)
-	$(VENV)/bin/geovq info --run-dir $(RUN_DIR)
+	$(VENV)/bin/geovq run --run-dir $(RUN_DIR) --preset $(PRESET)
 
 test: install
 	$(PY) -m pytest -q
