@@ -53,6 +53,11 @@ class Dataset:
     def channels(self) -> int:
         return self.image_shape[0]
 
+    def whole(self) -> Split:
+        """Every split as one: how an extra dataset (``extract --as``) is used."""
+        parts = list(self.splits.values())
+        return Split(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32 in [0, 1]."""

@@ -31,7 +31,7 @@ from geovq.models.pixelcnn import sample_codes
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir, atomic_write_bytes
 from geovq.settings import DataSettings, Settings, parse_k_list
-from geovq.stages.loaders import VaeFiles, load_latents, load_vae
+from geovq.stages.loaders import VaeFiles, first_trained_record, load_latents, load_vae
 from geovq.stages.record import StageResult, StageRun
 from geovq.stages.sources import Source, has_refit_decoder, list_sources, load_source
 from geovq.stages.train_prior import code_baselines, prior_path, split_bits_per_code
@@ -652,15 +652,12 @@ def _recorded_vaes(run_dir: RunDir) -> list[VaeFiles]:
 
 def _run_images(run_dir: RunDir) -> RunImages:
     """The run's own dataset (from its first trained model) plus extra splits of any latents."""
-    stages = run_dir.manifest()["stages"]
-    trained = [
-        k for k in stages if k == "train-vae" or k.startswith(("train-vae/", "train-vqvae/"))
-    ]
-    if not trained:
+    record = first_trained_record(run_dir)
+    if record is None:
         raise GeovqError(
             f"no trained model recorded in {run_dir.path}; run `geovq train-vae` first"
         )
-    dataset = load_dataset(DataSettings(**stages[trained[0]]["settings"]["data"]))
+    dataset = load_dataset(DataSettings(**record["settings"]["data"]))
     data = RunImages(
         {name: split.images for name, split in dataset.splits.items()},
         {name: split.labels for name, split in dataset.splits.items()},
@@ -668,9 +665,8 @@ def _run_images(run_dir: RunDir) -> RunImages:
     for files in _recorded_vaes(run_dir):
         _, meta = run_dir.load_tensors(files.latents, "latents")
         for name, data_json in json.loads(meta.get("extra_splits", "{}")).items():
-            extra = load_dataset(DataSettings(**data_json))
-            data.images[name] = torch.cat([s.images for s in extra.splits.values()])
-            data.labels[name] = torch.cat([s.labels for s in extra.splits.values()])
+            extra = load_dataset(DataSettings(**data_json)).whole()
+            data.images[name], data.labels[name] = extra.images, extra.labels
     return data
 
 

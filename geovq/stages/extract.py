@@ -111,5 +111,4 @@ def _whole(dataset: Dataset, image_shape: tuple[int, int, int], name: str) -> Sp
             f"dataset {dataset.name} has images of shape {dataset.image_shape}, the VAE expects "
             f"{image_shape}; pick a dataset of that shape for --as {name}"
         )
-    parts = list(dataset.splits.values())
-    return Split(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+    return dataset.whole()

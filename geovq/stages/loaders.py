@@ -112,9 +112,18 @@ def split_images(
     own = load_dataset(run_data_settings(run_dir, files))
     images = {name: split.images for name, split in own.splits.items()}
     for name, data_json in json.loads(latents_meta.get("extra_splits", "{}")).items():
-        extra = load_dataset(DataSettings(**data_json))
-        images[name] = torch.cat([split.images for split in extra.splits.values()])
+        images[name] = load_dataset(DataSettings(**data_json)).whole().images
     return images
+
+
+def first_trained_record(run_dir: RunDir) -> dict | None:
+    """The manifest record of the run's first trained model (VAE or VQ-VAE): it fixes the
+    run's dataset settings."""
+    stages = run_dir.manifest()["stages"]
+    for key in stages:
+        if key == "train-vae" or key.startswith(("train-vae/", "train-vqvae/")):
+            return stages[key]
+    return None
 
 
 @torch.no_grad()

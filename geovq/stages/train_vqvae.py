@@ -18,6 +18,7 @@ from geovq.models.vqvae import VQVAE, VQVAEConfig, validate_config, vqvae_loss
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import DataSettings, Settings, parse_grid
+from geovq.stages.loaders import first_trained_record
 from geovq.stages.record import StageResult, StageRun, fmt
 from geovq.training import TrainConfig, resolve_device, train
 
@@ -176,9 +177,7 @@ def _init_codebook_by_kmeans(model: VQVAE, train_images: torch.Tensor, seed: int
 
 def _data_settings(run_dir: RunDir, settings: Settings) -> DataSettings:
     """The run's dataset (from train-vae) unless the run has none; then --dataset is needed."""
-    stages = run_dir.manifest()["stages"]
-    trained = [key for key in stages if key == "train-vae" or key.startswith("train-vqvae/")]
-    record = stages[trained[0]] if trained else None
+    record = first_trained_record(run_dir)
     explicit = "dataset" in settings.data.model_fields_set
     if record is None:
         if not explicit:
