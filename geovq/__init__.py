@@ -1,6 +1,11 @@
 """geovq: a-posteriori vector quantization of learned latent spaces."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one version literal lives in pyproject.toml
+    __version__ = version("geovq")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 class GeovqError(Exception):

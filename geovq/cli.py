@@ -1,9 +1,18 @@
 """The ``geovq`` command line: flags -> settings -> a stage -> a table or JSON. No logic here.
 
-Every subcommand takes the global options (``--run-dir``, ``--config``, ``--device``,
-``--seed``, ``--force``, ``--quiet``, ``--json``). Options default to None and only flags the
-user typed become overrides, so a config file or the environment is never silently beaten by
-an unset flag's default.
+Adding a flag is a settings field plus one line here. Give the field its default and a
+``Field(description=...)`` (choices as a ``Literal``) in settings.py, then add one parameter to
+the command below::
+
+    knn: setting("quantize.knn") = None
+
+``setting`` takes the help text, the shown default and the choices from that field, so help and
+code cannot disagree; the flag is ``--`` + the field name in kebab case unless named
+(``setting("vae.name", "--vae")``); the help panel follows from the section. Options default
+to None and only flags the user typed become overrides (``g.overrides``), so a config file or
+the environment is never silently beaten by an unset flag's default. Every command also takes
+the global options (``--run-dir``, ``--config``, ``--device``, ``--seed``, ``--force``,
+``--quiet``, ``--json``).
 """
 
 import functools
@@ -12,79 +21,221 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
+from pydantic.fields import FieldInfo
+from rich.markup import escape
 
-from geovq import GeovqError, Interrupted
+from geovq import GeovqError, Interrupted, __version__
 from geovq.progress import make_progress
-from geovq.settings import load_settings
+from geovq.settings import Preset, Settings, TrainSettings, load_settings
 from geovq.stages.record import StageResult
 
 app = typer.Typer(
     name="geovq",
     help="A-posteriori vector quantization of learned latent spaces.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
+DATA, MODEL, TRAINING, OUTPUT, GLOBAL = "Data", "Model", "Training", "Output", "Global"
+_OUTPUT_FIELDS = {"quantize.name", "vqvae.name", "sample.out", "extract.as_name"}
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Marks a CLI parameter as setting these settings fields (dotted paths)."""
+
+    paths: tuple[str, ...]
+
+
+def settings_field(path: str) -> FieldInfo:
+    """The pydantic field behind a dotted settings path (``"quantize.k"``)."""
+    model: Any = Settings
+    *sections, name = path.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation
+    return model.model_fields[name]
+
+
+def show_value(value: Any) -> str:
+    """A default as the user would type it: ``false``, ``w2``, ``euclidean,w2``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return ",".join(show_value(v) for v in value) or "none"
+    return str(value)
+
+
+def _choices(annotation: Any) -> tuple[Any, ...]:
+    """The values of a Literal, possibly inside ``X | None`` or ``list[...]``."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    for arg in get_args(annotation):
+        if found := _choices(arg):
+            return found
+    return ()
+
+
+def _cli_type(annotation: Any) -> Any:
+    """What Typer parses: ``X | None`` as X, a Literal as its values' type, ``list[X]`` as a list.
+    Choices are checked by the settings model, so a bad one is the same one-line error
+    from a flag, the environment or a config file."""
+    if get_origin(annotation) in (Union, UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is list:
+        return list[_cli_type(get_args(annotation)[0])]
+    if get_origin(annotation) is Literal:
+        return type(get_args(annotation)[0])
+    return annotation
+
+
+def setting(
+    path: str,
+    *flags: str,
+    also: tuple[str, ...] = (),
+    help: str | None = None,
+    panel: str | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """``Annotated`` type of a CLI option that sets settings field ``path`` (and ``also``)."""
+    info = settings_field(path)
+    name = path.rsplit(".", 1)[-1]
+    choices = [show_value(c) for c in _choices(info.annotation)]
+    cli_type = _cli_type(info.annotation)
+    description = help or info.description or ""
+    if choices and get_origin(cli_type) is list:  # repeatable: name the choices in the text
+        description = f"{description} One of: {', '.join(choices)}."
+        metavar = metavar or "<" + name.upper() + ">"
+    elif choices:
+        metavar = metavar or "<" + "|".join(choices) + ">"
+    option = typer.Option(
+        *(flags or ["--" + name.replace("_", "-")]),
+        help=help_text(description, info.get_default()),
+        metavar=metavar,
+        autocompletion=(lambda: choices) if choices else None,
+        rich_help_panel=panel or _panel(path),
+    )
+    return Annotated[cli_type | None, option, _Target((path, *also))]
+
+
+def help_text(description: str, default: Any) -> str:
+    """``description [default: VALUE]`` with Rich markup escaped; no default shown for None."""
+    if default is not None:
+        description = f"{description} [default: {show_value(default)}]"
+    return escape(description)
+
+
+def _panel(path: str) -> str:
+    section, _, name = path.rpartition(".")
+    if not section:
+        return GLOBAL
+    if section == "data":
+        return DATA
+    if path in _OUTPUT_FIELDS:
+        return OUTPUT
+    if name in TrainSettings.model_fields:
+        return TRAINING
+    return MODEL
+
 
 @dataclass
 class Globals:
-    run_dir: Path | None
-    config: Path | None
-    device: str | None
-    seed: int | None
-    force: bool | None
-    quiet: bool | None
-    json: bool | None
+    config: Path | None = None
+    quiet: bool | None = None
+    json: bool | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # the settings the user typed
 
 
-_GLOBAL_OPTIONS = [
-    (
-        "run_dir",
-        Path | None,
-        typer.Option("--run-dir", help="Run directory [default: runs/default]."),
-    ),
+_GLOBAL_OPTIONS: list[tuple[str, Any]] = [
+    ("run_dir", setting("run_dir")),
     (
         "config",
-        Path | None,
-        typer.Option("--config", help="TOML config [default: RUN/geovq.toml]."),
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--config",
+                help=help_text("TOML config file.", "RUN/geovq.toml"),
+                rich_help_panel=GLOBAL,
+            ),
+        ],
     ),
-    ("device", str | None, typer.Option("--device", help="auto | cpu | cuda [default: auto].")),
-    ("seed", int | None, typer.Option("--seed", help="Random seed [default: 0].")),
-    ("force", bool | None, typer.Option("--force", help="Overwrite, or use changed inputs.")),
-    ("quiet", bool | None, typer.Option("--quiet", "-q", help="No progress or logs.")),
-    ("json", bool | None, typer.Option("--json", help="Print the result as one JSON object.")),
+    ("device", setting("device")),
+    ("seed", setting("seed")),
+    ("force", setting("force")),
+    (
+        "quiet",
+        Annotated[
+            bool | None,
+            typer.Option("--quiet", "-q", help="No progress or logs.", rich_help_panel=OUTPUT),
+        ],
+    ),
+    (
+        "json",
+        Annotated[
+            bool | None,
+            typer.Option(
+                "--json", help="Print the result as one JSON document.", rich_help_panel=OUTPUT
+            ),
+        ],
+    ),
 ]
+
+
+def _target(annotation: Any) -> _Target | None:
+    found = [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, _Target)]
+    return found[0] if found else None
+
+
+def _put(tree: dict[str, Any], path: str, value: Any) -> None:
+    *sections, name = path.split(".")
+    for section in sections:
+        tree = tree.setdefault(section, {})
+    tree[name] = value
 
 
 def command(name: str, without: tuple[str, ...] = ()) -> Callable:
     """Register ``fn(g: Globals, **options)`` as subcommand ``name`` with the global options,
-    except those in ``without`` (which the command defines its own way)."""
+    except those in ``without`` (which the command defines its own way). Options made with
+    ``setting`` land in ``g.overrides``; the others reach ``fn`` as keyword arguments."""
 
     def register(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
         own = [p for p in signature.parameters.values() if p.name != "g"]
         extra = [
-            inspect.Parameter(
-                n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[t, o]
-            )
-            for n, t, o in _GLOBAL_OPTIONS
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=t)
+            for n, t in _GLOBAL_OPTIONS
             if n not in without
         ]
+        targets = {p.name: _target(p.annotation) for p in own + extra}
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> None:
-            values = {n: None if n in without else kwargs.pop(n) for n, _, _ in _GLOBAL_OPTIONS}
-            fn(Globals(**values), **kwargs)
+            g = Globals()
+            for key, target in targets.items():
+                value = kwargs.get(key)
+                if (
+                    target is not None
+                    and value is not None
+                    and not (isinstance(value, list) and not value)
+                ):
+                    for path in target.paths:
+                        _put(g.overrides, path, value)
+            for key in ("config", "quiet", "json"):
+                if key not in without:
+                    setattr(g, key, kwargs.pop(key))
+            own_names = {p.name for p in own}
+            fn(g, **{k: v for k, v in kwargs.items() if k in own_names})
 
         wrapper.__signature__ = signature.replace(parameters=own + extra)
         wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
@@ -94,32 +245,38 @@ def command(name: str, without: tuple[str, ...] = ()) -> Callable:
     return register
 
 
-def _prune(tree: dict[str, Any]) -> dict[str, Any]:
-    """Drop unset (None) options, and sections left empty."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            value = _prune(value)
-            if value:
-                out[key] = value
-        elif value is not None:
-            out[key] = value
-    return out
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"geovq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Show the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """A-posteriori vector quantization of learned latent spaces."""
 
 
 def run_stage(
     g: Globals,
     stage: Callable[..., StageResult],
-    overrides: dict[str, Any],
     preset: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     """Build settings, run the stage, print its result; user errors become one stderr line."""
-    top = {"run_dir": g.run_dir, "device": g.device, "seed": g.seed, "force": g.force}
     quiet = bool(g.quiet or g.json)
     progress = make_progress(quiet)
     try:
         values = preset() if preset else None
-        settings = load_settings(_prune({**top, **overrides}), config=g.config, preset=values)
+        settings = load_settings(g.overrides, config=g.config, preset=values)
         result = stage(settings, progress)
     except GeovqError as error:
         progress.close()
@@ -158,47 +315,16 @@ def _print_result(result: StageResult, as_json: bool) -> None:
         console.print(note, highlight=False, markup=False)
 
 
-# -- option types ------------------------------------------------------------------------------
-Dataset = Annotated[
-    str | None,
-    typer.Option("--dataset", help="mnist5k | mnist | fashion-mnist | cifar10 | folder:PATH."),
-]
-Limit = Annotated[
-    int | None, typer.Option("--limit", help="First N images per split (stratified).")
-]
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where downloadable datasets live.")
-]
-Download = Annotated[
-    bool | None, typer.Option("--download", help="Download the dataset if missing.")
-]
-ImageSize = Annotated[
-    int | None, typer.Option("--image-size", help="Resize folder images to N x N.")
-]
-Channels = Annotated[
-    int | None, typer.Option("--channels", help="1 (grayscale) or 3 (RGB) for folders.")
-]
-Epochs = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
-LearningRate = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
-Resume = Annotated[bool | None, typer.Option("--resume", help="Continue from the last checkpoint.")]
-Vae = Annotated[
-    str | None, typer.Option("--vae", help="Name of one of several VAEs in the run (e.g. spatial).")
-]
-
-
-def _data(dataset, limit, data_dir, download, image_size, channels) -> dict[str, Any]:
-    return {
-        "dataset": dataset,
-        "limit": limit,
-        "data_dir": data_dir,
-        "download": download,
-        "image_size": image_size,
-        "channels": channels,
-    }
-
-
 # -- commands ----------------------------------------------------------------------------------
+# Options every command with data shares: the data section.
+Dataset = setting("data.dataset")
+Limit = setting("data.limit")
+DataDir = setting("data.data_dir")
+Download = setting("data.download")
+ImageSize = setting("data.image_size")
+Channels = setting("data.channels")
+
+
 @command("train-vae")
 def train_vae_command(
     g: Globals,
@@ -208,40 +334,21 @@ def train_vae_command(
     download: Download = None,
     image_size: ImageSize = None,
     channels: Channels = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    beta: Annotated[float | None, typer.Option("--beta", help="KL weight.")] = None,
-    recon_loss: Annotated[
-        str | None, typer.Option("--recon-loss", help="auto | bce | mse.")
-    ] = None,
-    latent: Annotated[str | None, typer.Option("--latent", help="flat | spatial.")] = None,
-    latent_dim: Annotated[
-        int | None, typer.Option("--latent-dim", help="Flat latent size.")
-    ] = None,
-    spatial_channels: Annotated[
-        int | None, typer.Option("--spatial-channels", help="Channels per position (spatial).")
-    ] = None,
-    resume: Resume = None,
-    vae_name: Vae = None,
+    epochs: setting("vae.epochs") = None,
+    batch_size: setting("vae.batch_size") = None,
+    lr: setting("vae.lr") = None,
+    beta: setting("vae.beta") = None,
+    recon_loss: setting("vae.recon_loss") = None,
+    latent: setting("vae.latent") = None,
+    latent_dim: setting("vae.latent_dim") = None,
+    spatial_channels: setting("vae.spatial_channels") = None,
+    resume: setting("vae.resume") = None,
+    vae_name: setting("vae.name", "--vae") = None,
 ) -> None:
     """Train the continuous convolutional VAE."""
     from geovq.stages import train_vae
 
-    vae = {
-        "name": vae_name,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "beta": beta,
-        "recon_loss": recon_loss,
-        "latent": latent,
-        "latent_dim": latent_dim,
-        "spatial_channels": spatial_channels,
-        "resume": resume,
-    }
-    data = _data(dataset, limit, data_dir, download, image_size, channels)
-    run_stage(g, train_vae.run, {"data": data, "vae": vae})
+    run_stage(g, train_vae.run)
 
 
 @command("extract")
@@ -253,119 +360,75 @@ def extract_command(
     download: Download = None,
     image_size: ImageSize = None,
     channels: Channels = None,
-    as_name: Annotated[
-        str | None, typer.Option("--as", help="Encode --dataset as one more split NAME.")
-    ] = None,
-    batch_size: BatchSize = None,
-    vae_name: Vae = None,
+    as_name: setting("extract.as_name", "--as") = None,
+    batch_size: setting("extract.batch_size") = None,
+    vae_name: setting("vae.name", "--vae") = None,
 ) -> None:
     """Encode every split with the trained VAE into latents (mu, log sigma^2)."""
     from geovq.stages import extract
 
-    data = _data(dataset, limit, data_dir, download, image_size, channels)
-    if as_name is None and _prune(data):
+    if as_name is None and g.overrides.get("data"):
         _fail("--dataset and other data options need --as NAME with extract", EXIT_USER_ERROR)
-    options = {"as_name": as_name, "batch_size": batch_size}
-    run_stage(g, extract.run, {"data": data, "extract": options, "vae": {"name": vae_name}})
-
-
-K = Annotated[int | None, typer.Option("--k", help="Codebook size K.")]
-Name = Annotated[str | None, typer.Option("--name", help="Name of the result folder.")]
+    run_stage(g, extract.run)
 
 
 @command("quantize")
 def quantize_command(
     g: Globals,
-    metric: Annotated[
-        str | None, typer.Option("--metric", help="euclidean | w2 | geodesic [w2].")
-    ] = None,
-    k: K = None,
-    chunks: Annotated[int | None, typer.Option("--chunks", help="Chunks per latent L.")] = None,
-    grid: Annotated[str | None, typer.Option("--grid", help="Code grid HxW, H*W = L.")] = None,
-    codebook: Annotated[
-        str | None, typer.Option("--codebook", help="shared | per-position.")
-    ] = None,
-    name: Name = None,
-    fit_split: Annotated[str | None, typer.Option("--fit-split", help="Split to fit on.")] = None,
-    restarts: Annotated[int | None, typer.Option("--restarts", help="k-means restarts.")] = None,
-    iters: Annotated[int | None, typer.Option("--iters", help="Max iterations.")] = None,
-    tol: Annotated[float | None, typer.Option("--tol", help="Relative tolerance.")] = None,
-    knn: Annotated[int | None, typer.Option("--knn", help="Graph neighbours (geodesic).")] = None,
-    edge_weight: Annotated[
-        str | None, typer.Option("--edge-weight", help="w2 | w2sq (geodesic edges).")
-    ] = None,
-    assign: Annotated[
-        str | None, typer.Option("--assign", help="geodesic | w2 (codes off the fit split).")
-    ] = None,
-    refit_decoder: Annotated[
-        bool | None, typer.Option("--refit-decoder", help="Then refit the decoder on the codes.")
-    ] = None,
-    vae_name: Vae = None,
+    metric: setting("quantize.metric") = None,
+    k: setting("quantize.k") = None,
+    chunks: setting("quantize.chunks") = None,
+    grid: setting("quantize.grid") = None,
+    codebook: setting("quantize.codebook") = None,
+    name: setting("quantize.name") = None,
+    fit_split: setting("quantize.fit_split") = None,
+    restarts: setting("quantize.restarts") = None,
+    iters: setting("quantize.iters") = None,
+    tol: setting("quantize.tol") = None,
+    knn: setting("quantize.knn") = None,
+    edge_weight: setting("quantize.edge_weight") = None,
+    assign: setting("quantize.assign") = None,
+    refit_decoder: setting("quantize.refit_decoder") = None,
+    vae_name: setting("vae.name", "--vae") = None,
 ) -> None:
     """Cluster latent chunks into a codebook after training; codes for every split."""
     from geovq.stages import quantize
 
-    options = {
-        "metric": metric,
-        "k": k,
-        "chunks": chunks,
-        "grid": grid,
-        "codebook": codebook,
-        "name": name,
-        "fit_split": fit_split,
-        "restarts": restarts,
-        "iters": iters,
-        "tol": tol,
-        "knn": knn,
-        "edge_weight": edge_weight,
-        "assign": assign,
-        "refit_decoder": refit_decoder,
-    }
-    run_stage(g, quantize.run, {"quantize": options, "vae": {"name": vae_name}})
+    run_stage(g, quantize.run)
 
 
 @command("refit-decoder")
 def refit_decoder_command(
     g: Globals,
-    source: Annotated[str | None, typer.Option("--source", help="quant/<name>.")] = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    resume: Resume = None,
+    source: setting("refit.source") = None,
+    epochs: setting("refit.epochs") = None,
+    batch_size: setting("refit.batch_size") = None,
+    lr: setting("refit.lr") = None,
+    resume: setting("refit.resume") = None,
 ) -> None:
     """Fine-tune the VAE decoder on a post-hoc quantization's fixed codes."""
     from geovq.stages import refit_decoder
 
-    refit = {
-        "source": source,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "resume": resume,
-    }
-    run_stage(g, refit_decoder.run, {"refit": refit})
+    run_stage(g, refit_decoder.run)
 
 
 @command("train-vqvae")
 def train_vqvae_command(
     g: Globals,
-    grid: Annotated[str | None, typer.Option("--grid", help="Code grid HxW: 7x7 or 2x4.")] = None,
-    k: K = None,
-    codebook_dim: Annotated[int | None, typer.Option("--codebook-dim", help="C.")] = None,
-    beta: Annotated[float | None, typer.Option("--beta", help="Commitment weight.")] = None,
-    codebook_update: Annotated[
-        str | None, typer.Option("--codebook-update", help="loss | ema.")
-    ] = None,
-    ema_decay: Annotated[float | None, typer.Option("--ema-decay", help="EMA decay.")] = None,
-    dead_code_restart: Annotated[
-        int | None, typer.Option("--dead-code-restart", help="Steps unused before a restart.")
-    ] = None,
-    init: Annotated[str | None, typer.Option("--init", help="random | kmeans.")] = None,
-    name: Name = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    resume: Resume = None,
+    grid: setting("vqvae.grid") = None,
+    k: setting("vqvae.k") = None,
+    codebook_dim: setting("vqvae.codebook_dim") = None,
+    beta: setting("vqvae.beta") = None,
+    codebook_update: setting("vqvae.codebook_update") = None,
+    ema_decay: setting("vqvae.ema_decay") = None,
+    dead_code_restart: setting("vqvae.dead_code_restart") = None,
+    init: setting("vqvae.init") = None,
+    recon_loss: setting("vqvae.recon_loss") = None,
+    name: setting("vqvae.name") = None,
+    epochs: setting("vqvae.epochs") = None,
+    batch_size: setting("vqvae.batch_size") = None,
+    lr: setting("vqvae.lr") = None,
+    resume: setting("vqvae.resume") = None,
     dataset: Dataset = None,
     limit: Limit = None,
     data_dir: DataDir = None,
@@ -376,148 +439,89 @@ def train_vqvae_command(
     """Train the end-to-end VQ-VAE baseline on the run's data and trunks."""
     from geovq.stages import train_vqvae
 
-    vqvae = {
-        "grid": grid,
-        "k": k,
-        "codebook_dim": codebook_dim,
-        "beta": beta,
-        "codebook_update": codebook_update,
-        "ema_decay": ema_decay,
-        "dead_code_restart": dead_code_restart,
-        "init": init,
-        "name": name,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "resume": resume,
-    }
-    data = _data(dataset, limit, data_dir, download, image_size, channels)
-    run_stage(g, train_vqvae.run, {"data": data, "vqvae": vqvae})
-
-
-Source = Annotated[str | None, typer.Option("--source", help="quant/<name> or vqvae/<name>.")]
+    run_stage(g, train_vqvae.run)
 
 
 @command("train-prior")
 def train_prior_command(
     g: Globals,
-    source: Source = None,
-    layers: Annotated[int | None, typer.Option("--layers", help="Gated layers.")] = None,
-    hidden: Annotated[int | None, typer.Option("--hidden", help="Channels per layer.")] = None,
-    conditional: Annotated[
-        bool | None, typer.Option("--conditional", help="Condition on the class label.")
-    ] = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    resume: Resume = None,
+    source: setting("prior.source") = None,
+    layers: setting("prior.layers") = None,
+    hidden: setting("prior.hidden") = None,
+    conditional: setting("prior.conditional") = None,
+    epochs: setting("prior.epochs") = None,
+    batch_size: setting("prior.batch_size") = None,
+    lr: setting("prior.lr") = None,
+    resume: setting("prior.resume") = None,
 ) -> None:
     """Train a gated PixelCNN prior over a source's code grids."""
     from geovq.stages import train_prior
 
-    prior = {
-        "source": source,
-        "layers": layers,
-        "hidden": hidden,
-        "conditional": conditional,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "resume": resume,
-    }
-    run_stage(g, train_prior.run, {"prior": prior})
+    run_stage(g, train_prior.run)
 
 
 @command("sample")
 def sample_command(
     g: Globals,
-    source: Source = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="prior | random | vae.")] = None,
-    n: Annotated[int | None, typer.Option("--n", help="Number of images [64].")] = None,
-    temperature: Annotated[
-        float | None, typer.Option("--temperature", help="Softmax temperature (> 0).")
-    ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Keep the k best (0 = off).")] = None,
-    class_label: Annotated[
-        int | None, typer.Option("--class", help="Class for a conditional prior.")
-    ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="PNG path.")] = None,
-    vae_name: Vae = None,
+    source: setting("sample.source") = None,
+    mode: setting("sample.mode") = None,
+    n: setting("sample.n") = None,
+    temperature: setting("sample.temperature") = None,
+    top_k: setting("sample.top_k") = None,
+    class_label: setting("sample.class_label", "--class") = None,
+    out: setting("sample.out") = None,
+    vae_name: setting("vae.name", "--vae") = None,
 ) -> None:
     """Generate images: prior -> codes -> decoder (or random codes, or the VAE)."""
     from geovq.stages import sample
 
-    options = {
-        "source": source,
-        "mode": mode,
-        "n": n,
-        "temperature": temperature,
-        "top_k": top_k,
-        "class_label": class_label,
-        "out": out,
-    }
-    run_stage(g, sample.run, {"sample": options, "vae": {"name": vae_name}})
+    run_stage(g, sample.run)
 
 
 @command("compare")
 def compare_command(
     g: Globals,
-    split: Annotated[
-        str | None, typer.Option("--split", help="Split of the headline table.")
-    ] = None,
-    sweep_k: Annotated[
-        str | None, typer.Option("--sweep-k", help="Rate-distortion Ks, e.g. 16,64,256,1024.")
-    ] = None,
-    samples: Annotated[
-        int | None, typer.Option("--samples", help="Samples per source for sample quality.")
-    ] = None,
-    classifier_epochs: Annotated[
-        int | None, typer.Option("--classifier-epochs", help="Epochs of the judging classifier.")
-    ] = None,
+    split: setting("compare.split") = None,
+    sweep_k: setting("compare.sweep_k") = None,
+    samples: setting("compare.samples") = None,
+    classifier_epochs: setting("compare.classifier_epochs") = None,
 ) -> None:
     """Evaluate every quantization side by side: table, report/metrics.json, report.md, figures."""
     from geovq.stages import compare
 
-    options = {
-        "split": split,
-        "sweep_k": sweep_k,
-        "samples": samples,
-        "classifier_epochs": classifier_epochs,
-    }
-    run_stage(g, compare.run, {"compare": options})
+    run_stage(g, compare.run)
 
 
 @command("run", without=("force",))
 def run_command(
     g: Globals,
     preset: Annotated[
-        str | None, typer.Option("--preset", help="quick | default | full [default].")
+        str | None,
+        typer.Option(
+            "--preset",
+            metavar="<" + "|".join(get_args(Preset)) + ">",
+            autocompletion=lambda: list(get_args(Preset)),
+            help=help_text("Named settings for the study.", "default"),
+            rich_help_panel=GLOBAL,
+        ),
     ] = None,
-    force: Annotated[
-        list[str] | None,
-        typer.Option("--force", help="Redo a stage family and what depends on it (repeatable)."),
-    ] = None,
+    force: setting(
+        "study.redo",
+        "--force",
+        help="Redo a stage family and what follows it (repeatable).",
+        panel=GLOBAL,
+        metavar="<STAGE>",
+    ) = None,
     dataset: Dataset = None,
     limit: Limit = None,
     data_dir: DataDir = None,
     download: Download = None,
-    k: Annotated[
-        int | None, typer.Option("--k", help="K for post-hoc and VQ-VAE codebooks.")
-    ] = None,
+    k: setting("quantize.k", also=("vqvae.k",), help="K for post-hoc and VQ-VAE codebooks.") = None,
 ) -> None:
     """The whole study: VAEs, quantizations, refits, VQ-VAEs, priors, samples, compare."""
     from geovq.stages import pipeline
 
-    data = _data(dataset, limit, data_dir, download, None, None)
-    overrides = {
-        "data": data,
-        "quantize": {"k": k},
-        "vqvae": {"k": k},
-        "study": {"redo": force},
-    }
-    run_stage(
-        g, pipeline.run, overrides, preset=lambda: pipeline.preset_values(preset or "default")
-    )
+    run_stage(g, pipeline.run, preset=lambda: pipeline.preset_values(preset or "default"))
 
 
 @command("info")
@@ -525,7 +529,7 @@ def info_command(g: Globals) -> None:
     """Summarise the run directory: stages, key figures, artifacts, currency."""
     from geovq.stages import info
 
-    run_stage(g, info.run, {})
+    run_stage(g, info.run)
 
 
 def main() -> None:

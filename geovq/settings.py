@@ -25,6 +25,21 @@ from geovq import GeovqError
 CONFIG_NAME = "geovq.toml"
 _GRID = re.compile(r"^(\d+)x(\d+)$")
 
+# ``geovq run``'s stage families, in pipeline order (``--force STAGE`` redoes one).
+StageFamily = Literal[
+    "train-vae",
+    "extract",
+    "quantize",
+    "refit-decoder",
+    "train-vqvae",
+    "train-prior",
+    "sample",
+    "compare",
+]
+# ``geovq run --preset``: named value sets just above the defaults (geovq/stages/pipeline.py).
+Preset = Literal["quick", "default", "full"]
+Metric = Literal["euclidean", "w2", "geodesic"]
+
 
 def parse_grid(text: str) -> tuple[int, int]:
     """'2x4' -> (2, 4); GeovqError for anything else."""
@@ -39,21 +54,25 @@ class Section(BaseModel):
 
 
 class DataSettings(Section):
-    dataset: str = "mnist5k"
-    limit: int | None = Field(None, ge=1)
-    data_dir: Path | None = None
-    download: bool = False
-    image_size: int | None = Field(None, ge=4)
-    channels: Literal[1, 3] | None = None
+    dataset: str = Field(
+        "mnist5k", description="mnist5k | mnist | fashion-mnist | cifar10 | folder:PATH."
+    )
+    limit: int | None = Field(None, ge=1, description="First N images per split (stratified).")
+    data_dir: Path | None = Field(None, description="Where downloadable datasets live.")
+    download: bool = Field(False, description="Download the dataset if missing.")
+    image_size: int | None = Field(None, ge=4, description="Resize folder images to N x N.")
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 (grayscale) or 3 (RGB) for image folders."
+    )
 
 
 class TrainSettings(Section):
     """Knobs shared by every training stage."""
 
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    resume: bool = False
+    epochs: int = Field(20, ge=1, description="Training epochs.")
+    batch_size: int = Field(128, ge=1, description="Batch size.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    resume: bool = Field(False, description="Continue from the last checkpoint.")
 
 
 def _check_name(value: str | None) -> str | None:
@@ -63,38 +82,45 @@ def _check_name(value: str | None) -> str | None:
 
 
 class VaeSettings(TrainSettings):
-    name: str | None = None  # several VAEs per run: vae-NAME.safetensors, latents-NAME...
-    beta: float = Field(1.0, ge=0)
-    recon_loss: Literal["auto", "bce", "mse"] = "auto"
-    latent: Literal["flat", "spatial"] = "flat"
-    latent_dim: int = Field(32, ge=1)
-    spatial_channels: int = Field(4, ge=1)
+    # Several VAEs per run: vae-NAME.safetensors, latents-NAME.safetensors, ...
+    name: str | None = Field(None, description="Name of one of several VAEs in the run.")
+    beta: float = Field(1.0, ge=0, description="KL weight.")
+    recon_loss: Literal["auto", "bce", "mse"] = Field(
+        "auto", description="Reconstruction loss (auto: bce for grayscale, mse for RGB)."
+    )
+    latent: Literal["flat", "spatial"] = Field("flat", description="Latent layout.")
+    latent_dim: int = Field(32, ge=1, description="Flat latent size.")
+    spatial_channels: int = Field(4, ge=1, description="Channels per position (spatial).")
 
     _name = field_validator("name")(_check_name)
 
 
 class ExtractSettings(Section):
-    as_name: str | None = None
-    batch_size: int = Field(512, ge=1)
+    as_name: str | None = Field(None, description="Encode --dataset as one more split NAME.")
+    batch_size: int = Field(512, ge=1, description="Batch size.")
 
     _as_name = field_validator("as_name")(_check_name)
 
 
 class QuantizeSettings(Section):
-    metric: Literal["euclidean", "w2", "geodesic"] = "w2"
-    k: int = Field(256, ge=1)
-    chunks: int | None = Field(None, ge=1)
-    grid: str | None = None
-    codebook: Literal["shared", "per-position"] = "shared"
-    name: str | None = None
-    fit_split: str = "train"
-    restarts: int = Field(3, ge=1)
-    iters: int = Field(100, ge=1)
-    tol: float = Field(1e-4, ge=0)
-    knn: int = Field(10, ge=1)
-    edge_weight: Literal["w2", "w2sq"] = "w2"
-    assign: Literal["geodesic", "w2"] = "geodesic"
-    refit_decoder: bool = False
+    metric: Metric = Field("w2", description="Distance between latent chunks.")
+    k: int = Field(256, ge=1, description="Codebook size K.")
+    chunks: int | None = Field(None, ge=1, description="Chunks per latent L (default: auto).")
+    grid: str | None = Field(None, description="Code grid HxW with H*W = L (default: auto).")
+    codebook: Literal["shared", "per-position"] = Field(
+        "shared", description="One codebook, or one per chunk position."
+    )
+    name: str | None = Field(None, description="Name of the result folder (default: METRIC-kK).")
+    fit_split: str = Field("train", description="Split to fit the codebook on.")
+    restarts: int = Field(3, ge=1, description="k-means restarts.")
+    iters: int = Field(100, ge=1, description="Max iterations.")
+    tol: float = Field(1e-4, ge=0, description="Relative tolerance.")
+    knn: int = Field(10, ge=1, description="Graph neighbours (geodesic).")
+    edge_weight: Literal["w2", "w2sq"] = Field("w2", description="Geodesic graph edge length.")
+    assign: Literal["geodesic", "w2"] = Field(
+        "geodesic", description="How geodesic codes are assigned off the fit split."
+    )
+    refit_decoder: bool = Field(False, description="Then refit the decoder on the codes.")
 
     @field_validator("grid")
     @classmethod
@@ -105,22 +131,28 @@ class QuantizeSettings(Section):
 
 
 class RefitSettings(TrainSettings):
-    source: str | None = None
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    source: str | None = Field(None, description="quant/<name>.")
+    epochs: int = Field(5, ge=1, description="Training epochs.")
+    lr: float = Field(5e-4, gt=0, description="Adam learning rate.")
 
 
 class VqvaeSettings(TrainSettings):
-    grid: str = "7x7"
-    k: int = Field(256, ge=1)
-    codebook_dim: int = Field(4, ge=1)
-    beta: float = Field(0.25, ge=0)
-    codebook_update: Literal["loss", "ema"] = "ema"
-    ema_decay: float = Field(0.99, gt=0, lt=1)
-    dead_code_restart: int = Field(100, ge=0)
-    init: Literal["random", "kmeans"] = "kmeans"
-    recon_loss: Literal["auto", "bce", "mse"] = "auto"
-    name: str | None = None
+    grid: str = Field("7x7", description="Code grid HxW (2x4 matches the flat VAE's rate).")
+    k: int = Field(256, ge=1, description="Codebook size K.")
+    codebook_dim: int = Field(4, ge=1, description="Codeword size C.")
+    beta: float = Field(0.25, ge=0, description="Commitment weight.")
+    codebook_update: Literal["loss", "ema"] = Field(
+        "ema", description="How codewords learn: codebook loss or EMA."
+    )
+    ema_decay: float = Field(0.99, gt=0, lt=1, description="EMA decay.")
+    dead_code_restart: int = Field(
+        100, ge=0, description="Steps unused before a codeword restarts (0 = never)."
+    )
+    init: Literal["random", "kmeans"] = Field("kmeans", description="Codebook initialisation.")
+    recon_loss: Literal["auto", "bce", "mse"] = Field(
+        "auto", description="Reconstruction loss (auto: bce for grayscale, mse for RGB)."
+    )
+    name: str | None = Field(None, description="Name of the result folder (default: vqvae-HxW-kK).")
 
     @field_validator("grid")
     @classmethod
@@ -130,28 +162,30 @@ class VqvaeSettings(TrainSettings):
 
 
 class PriorSettings(TrainSettings):
-    source: str | None = None
-    epochs: int = Field(15, ge=1)
-    layers: int = Field(6, ge=1)
-    hidden: int = Field(64, ge=1)
-    conditional: bool = False
+    source: str | None = Field(None, description="quant/<name> or vqvae/<name>.")
+    epochs: int = Field(15, ge=1, description="Training epochs.")
+    layers: int = Field(6, ge=1, description="Gated layers.")
+    hidden: int = Field(64, ge=1, description="Channels per layer.")
+    conditional: bool = Field(False, description="Condition on the class label.")
 
 
 class SampleSettings(Section):
-    source: str | None = None
-    mode: Literal["prior", "random", "vae"] = "prior"
-    n: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0)
-    class_label: int | None = Field(None, ge=0)
-    out: Path | None = None
+    source: str | None = Field(None, description="quant/<name> or vqvae/<name>.")
+    mode: Literal["prior", "random", "vae"] = Field(
+        "prior", description="Codes from the prior, uniformly random codes, or the plain VAE."
+    )
+    n: int = Field(64, ge=1, description="Number of images.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature (> 0).")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely codes (0 = off).")
+    class_label: int | None = Field(None, ge=0, description="Class for a conditional prior.")
+    out: Path | None = Field(None, description="PNG path (default: RUN/samples/...).")
 
 
 class CompareSettings(Section):
-    split: str = "test"
-    sweep_k: str | None = None
-    classifier_epochs: int = Field(3, ge=1)
-    samples: int = Field(500, ge=2)
+    split: str = Field("test", description="Split of the headline table.")
+    sweep_k: str | None = Field(None, description="Rate-distortion Ks, e.g. 16,64,256,1024.")
+    classifier_epochs: int = Field(3, ge=1, description="Epochs of the judging classifier.")
+    samples: int = Field(500, ge=2, description="Samples per source for sample quality.")
 
     @field_validator("sweep_k")
     @classmethod
@@ -177,15 +211,21 @@ def parse_k_list(text: str) -> list[int]:
 class StudySettings(Section):
     """What ``geovq run`` includes beyond each stage's own settings."""
 
-    metrics: list[Literal["euclidean", "w2", "geodesic"]] = ["euclidean", "w2", "geodesic"]
-    spatial: bool = True
-    spatial_metrics: list[Literal["euclidean", "w2", "geodesic"]] = ["w2", "geodesic"]
-    # Metrics also fitted with one codebook per position (same bits, L x the codewords).
-    per_position_metrics: list[Literal["euclidean", "w2", "geodesic"]] = []
-    vqvae_grids: list[str] = ["2x4", "7x7"]
-    refit: bool = True
-    priors: bool = True
-    redo: list[str] = []  # stage families to redo (``geovq run --force STAGE``)
+    metrics: list[Metric] = Field(
+        ["euclidean", "w2", "geodesic"], description="Post-hoc metrics on the flat VAE."
+    )
+    spatial: bool = Field(True, description="Also train a spatial VAE and quantize it.")
+    spatial_metrics: list[Metric] = Field(
+        ["w2", "geodesic"], description="Post-hoc metrics on the spatial VAE."
+    )
+    # Same bits, L x the codewords.
+    per_position_metrics: list[Metric] = Field(
+        [], description="Metrics also fitted with one codebook per position."
+    )
+    vqvae_grids: list[str] = Field(["2x4", "7x7"], description="End-to-end VQ-VAE code grids.")
+    refit: bool = Field(True, description="Refit the decoder on post-hoc codes.")
+    priors: bool = Field(True, description="Train priors and sample from them.")
+    redo: list[StageFamily] = Field([], description="Stage families to redo, and what follows.")
 
     @field_validator("vqvae_grids")
     @classmethod
@@ -205,10 +245,10 @@ class Settings(BaseSettings):
         validate_assignment=True,
     )
 
-    run_dir: Path = Path("runs/default")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
-    force: bool = False
+    run_dir: Path = Field(Path("runs/default"), description="Run directory.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to compute.")
+    seed: int = Field(0, description="Random seed.")
+    force: bool = Field(False, description="Overwrite, or use changed inputs.")
     data: DataSettings = DataSettings()
     vae: VaeSettings = VaeSettings()
     extract: ExtractSettings = ExtractSettings()
@@ -303,6 +343,7 @@ _FLAGS = {
     "extract.as_name": "--as",
     "sample.class_label": "--class",
     "quantize.name": "--name",
+    "study.redo": "--force",
 }
 
 
@@ -314,5 +355,6 @@ def _describe(error: ValidationError, config: Path | None) -> str:
     if first["type"] == "extra_forbidden":
         return f"unknown setting {where!r}{origin}; remove it or check its spelling"
     value = first.get("input")
-    flag = _FLAGS.get(where, "--" + str(first["loc"][-1]).replace("_", "-"))
+    path = ".".join(str(part) for part in first["loc"] if not isinstance(part, int))
+    flag = _FLAGS.get(path, "--" + path.rsplit(".", 1)[-1].replace("_", "-"))
     return f"invalid value {value!r} for {flag} ({where}){origin}: {first['msg']}"

@@ -14,12 +14,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from geovq import GeovqError
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
-from geovq.settings import Settings
+from geovq.settings import Preset, Settings, StageFamily
 from geovq.stages import (
     compare,
     extract,
@@ -34,16 +34,7 @@ from geovq.stages.loaders import VaeFiles
 from geovq.stages.record import StageResult
 from geovq.stages.sources import slug
 
-FAMILIES = (
-    "train-vae",
-    "extract",
-    "quantize",
-    "refit-decoder",
-    "train-vqvae",
-    "train-prior",
-    "sample",
-    "compare",
-)
+FAMILIES: tuple[str, ...] = get_args(StageFamily)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # A smoke run: tiny data and epochs, finishes in about a minute on 2 CPU cores.
@@ -73,6 +64,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "compare": {"samples": 5000, "sweep_k": "16,64,256,1024,4096"},
     },
 }
+
+
+assert tuple(PRESETS) == get_args(Preset), "settings.Preset names the presets"
 
 
 def preset_values(name: str) -> dict[str, Any]:

@@ -79,11 +79,11 @@ def test_force_redoes_a_stage_and_what_depends_on_it(quick_run, tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(("--preset", "nosuch"), "--preset nosuch"), (("--force", "trian-vae"), "--force trian-vae")],
+    [(("--preset", "nosuch"), "--preset"), (("--force", "trian-vae"), "--force")],
 )
 def test_bad_run_input(tmp_path, args, needle):
     result = cli("run", "--run-dir", tmp_path / "run", *args)
-    assert result.exit_code != 0 and needle in result.stderr
+    assert result.exit_code != 0 and needle in result.stderr and args[1] in result.stderr
     assert not (tmp_path / "run").exists()
 
 
