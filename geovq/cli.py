@@ -30,7 +30,7 @@ import typer
 from pydantic.fields import FieldInfo
 from rich.markup import escape
 
-from geovq import GeovqError, Interrupted, __version__
+from geovq import Interrupted, __version__
 from geovq.progress import make_progress
 from geovq.settings import Preset, Settings, TrainSettings, load_settings
 from geovq.stages.record import StageResult
@@ -271,27 +271,39 @@ def run_stage(
     stage: Callable[..., StageResult],
     preset: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
-    """Build settings, run the stage, print its result; user errors become one stderr line."""
+    """Build settings, run the stage, print its result; every failure becomes one stderr line."""
     quiet = bool(g.quiet or g.json)
     progress = make_progress(quiet)
     try:
         values = preset() if preset else None
         settings = load_settings(g.overrides, config=g.config, preset=values)
         result = stage(settings, progress)
-    except GeovqError as error:
+    except BaseException as error:  # noqa: BLE001 - the edge: one line for every failure
         progress.close()
-        _fail(str(error), EXIT_USER_ERROR)
-    except Interrupted as error:
-        progress.close()
-        _fail(str(error), EXIT_INTERRUPTED)
+        message, code = failure_line(error)
+        if message is None:
+            raise
+        _fail(message, code)
     progress.close()
     _print_result(result, as_json=bool(g.json))
+
+
+def failure_line(error: BaseException) -> tuple[str | None, int]:
+    """The one line (and exit code) for a failure, or None for one to re-raise (a bug)."""
+    from geovq.errors import describe_failure
+
+    if isinstance(error, Interrupted):
+        return str(error), EXIT_INTERRUPTED
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted; the run directory keeps its previous state", EXIT_INTERRUPTED
+    return describe_failure(error), EXIT_USER_ERROR
 
 
 def _fail(message: str, code: int) -> None:
     if os.environ.get("GEOVQ_DEBUG") == "1":
         raise
-    print(f"geovq: error: {message}", file=sys.stderr)
+    line = " ".join(message.split())
+    print(f"geovq: error: {line}", file=sys.stderr)
     raise typer.Exit(code)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -184,7 +185,10 @@ def _cifar10(settings: DataSettings) -> Dataset:
 
 
 def _image_folder(root: Path, settings: DataSettings) -> Dataset:
-    """torchvision ImageFolder (class = subfolder); PATH/train and PATH/test if both exist."""
+    """Class = subfolder (like torchvision's ImageFolder); PATH/train and PATH/test if both
+    exist."""
+    if root.is_file():
+        raise GeovqError(f"folder:{root} is a file; pass folder:PATH to a directory of images")
     if not root.is_dir():
         raise GeovqError(f"image folder {root} does not exist; pass folder:PATH to a directory")
     if (root / "train").is_dir() and (root / "test").is_dir():
@@ -194,6 +198,11 @@ def _image_folder(root: Path, settings: DataSettings) -> Dataset:
         num_classes = len(train[2])
     else:
         images, labels, classes = _read_folder(root, settings)
+        if len(labels) < 2:
+            raise GeovqError(
+                f"image folder {root} holds {len(labels)} image; a run needs at least 2 "
+                "(train and test); add images"
+            )
         train_idx, test_idx = _stratified_split(labels, test_share=0.2)
         splits = {
             "train": Split(images[train_idx], labels[train_idx]),
@@ -206,20 +215,15 @@ def _image_folder(root: Path, settings: DataSettings) -> Dataset:
 def _read_folder(
     root: Path, settings: DataSettings, classes: list[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from PIL import Image
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
-    has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*") if p.is_file())
-    if not has_images:
+    found, names = _scan_folder(root)
+    if not found:
         raise GeovqError(
-            f"no images found in {root}; put images in one subfolder per class "
-            "(e.g. {root}/cat/1.png)"
+            f"no images found in {root.resolve()}; put images in one subfolder per class "
+            f"(e.g. {root.resolve()}/cat/1.png)"
         )
-    try:
-        folder = datasets.ImageFolder(str(root))
-    except (FileNotFoundError, RuntimeError) as error:
-        raise GeovqError(f"cannot read image folder {root}: {error}") from None
-    first = Image.open(folder.samples[0][0])
+    first = _open_image(found[0][0])
     channels = settings.channels or (1 if first.mode in ("L", "1", "I;16", "I") else 3)
     size = settings.image_size
     steps = [transforms.Grayscale(1) if channels == 1 else transforms.Lambda(_rgb)]
@@ -227,19 +231,56 @@ def _read_folder(
         steps.append(transforms.Resize((size, size)))
     steps.append(transforms.PILToTensor())
     transform = transforms.Compose(steps)
-    tensors = [transform(Image.open(path)) for path, _ in folder.samples]
+    tensors = [transform(_open_image(path)) for path, _ in found]
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         raise GeovqError(
             f"images in {root} have different sizes {sorted(shapes)[:3]}; pass --image-size N"
         )
-    labels = torch.tensor([target for _, target in folder.samples], dtype=torch.long)
-    if classes is not None and folder.classes != classes:
+    labels = torch.tensor([target for _, target in found], dtype=torch.long)
+    if classes is not None and names != classes:
         raise GeovqError(
-            f"class folders of {root} {folder.classes} differ from train's {classes}; "
+            f"class folders of {root} {names} differ from train's {classes}; "
             "use the same class subfolders in train/ and test/"
         )
-    return torch.stack(tensors).to(torch.uint8), labels, folder.classes
+    return torch.stack(tensors).to(torch.uint8), labels, names
+
+
+def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(image path, class index) in sorted order, and the class names (the subfolders).
+
+    A symlinked class folder counts once; inside it no directory symlink is followed, so a
+    link back up (``a/up -> ..``) cannot loop or repeat images.
+    """
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found: list[tuple[Path, int]] = []
+    for index, name in enumerate(classes):
+        for folder, subfolders, files in os.walk(root / name, followlinks=False):
+            subfolders.sort()
+            for file in sorted(files):
+                path = Path(folder) / file
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append((path, index))
+    return found, classes
+
+
+def _open_image(path: Path):  # noqa: ANN202 - a PIL image
+    """Open and decode one image; a broken one is one line naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except Image.DecompressionBombError as error:
+        raise GeovqError(
+            f"image {path} is too large to decode safely ({error}); remove it"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise GeovqError(
+            f"cannot read image {path} ({reason}); remove or replace that file"
+        ) from None
 
 
 def _rgb(image):  # noqa: ANN001 - PIL image

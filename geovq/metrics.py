@@ -102,6 +102,20 @@ def mse_per_pixel(reconstructions: torch.Tensor, images: torch.Tensor) -> float:
     return diff.pow(2).mean().item()
 
 
+@torch.no_grad()
+def decoded_mse(
+    decode, latents: torch.Tensor, images_u8: torch.Tensor, device: torch.device, batch: int = 1000
+) -> float:
+    """MSE per pixel between sigmoid(decode(latents)) and uint8 images, from the split's totals
+    (batched, so memory stays bounded)."""
+    sq_err = 0.0
+    for start in range(0, latents.shape[0], batch):
+        recon = torch.sigmoid(decode(latents[start : start + batch].to(device))).float()
+        target = images_u8[start : start + batch].to(device).float() / 255.0
+        sq_err += float(((recon - target) ** 2).sum())
+    return sq_err / images_u8[0].numel() / images_u8.shape[0]
+
+
 def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> float:
     """Peak signal-to-noise ratio (dB, data range 1) over the whole set: 10 log10(1 / MSE)."""
     _check_pair(reconstructions, images)

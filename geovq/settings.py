@@ -18,9 +18,11 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from geovq import GeovqError
+from geovq.names import check_name, parse_source
 
 CONFIG_NAME = "geovq.toml"
 _GRID = re.compile(r"^(\d+)x(\d+)$")
@@ -76,8 +78,22 @@ class TrainSettings(Section):
 
 
 def _check_name(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", value):
-        raise ValueError("use letters, digits, '_' or '-' only")
+    """Names become paths in the run directory: one rule for all (``geovq.names``)."""
+    if value is not None:
+        try:
+            check_name(value, "the name")
+        except GeovqError as error:
+            raise ValueError(str(error)) from None
+    return value
+
+
+def _check_source(value: str | None) -> str | None:
+    """``quant/<name>`` or ``vqvae/<name>``, the name under the same rule."""
+    if value is not None:
+        try:
+            parse_source(value, "the source")
+        except GeovqError as error:
+            raise ValueError(str(error)) from None
     return value
 
 
@@ -129,11 +145,15 @@ class QuantizeSettings(Section):
             parse_grid(value)
         return value
 
+    _name = field_validator("name")(_check_name)
+
 
 class RefitSettings(TrainSettings):
     source: str | None = Field(None, description="quant/<name>.")
     epochs: int = Field(5, ge=1, description="Training epochs.")
     lr: float = Field(5e-4, gt=0, description="Adam learning rate.")
+
+    _source = field_validator("source")(_check_source)
 
 
 class VqvaeSettings(TrainSettings):
@@ -160,6 +180,8 @@ class VqvaeSettings(TrainSettings):
         parse_grid(value)
         return value
 
+    _name = field_validator("name")(_check_name)
+
 
 class PriorSettings(TrainSettings):
     source: str | None = Field(None, description="quant/<name> or vqvae/<name>.")
@@ -167,6 +189,8 @@ class PriorSettings(TrainSettings):
     layers: int = Field(6, ge=1, description="Gated layers.")
     hidden: int = Field(64, ge=1, description="Channels per layer.")
     conditional: bool = Field(False, description="Condition on the class label.")
+
+    _source = field_validator("source")(_check_source)
 
 
 class SampleSettings(Section):
@@ -179,6 +203,8 @@ class SampleSettings(Section):
     top_k: int = Field(0, ge=0, description="Keep the k most likely codes (0 = off).")
     class_label: int | None = Field(None, ge=0, description="Class for a conditional prior.")
     out: Path | None = Field(None, description="PNG path (default: RUN/samples/...).")
+
+    _source = field_validator("source")(_check_source)
 
 
 class CompareSettings(Section):
@@ -247,7 +273,7 @@ class Settings(BaseSettings):
 
     run_dir: Path = Field(Path("runs/default"), description="Run directory.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to compute.")
-    seed: int = Field(0, description="Random seed.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Random seed (0 .. 2^63-1).")
     force: bool = Field(False, description="Overwrite, or use changed inputs.")
     data: DataSettings = DataSettings()
     vae: VaeSettings = VaeSettings()
@@ -298,9 +324,21 @@ class _TomlSource(PydanticBaseSettingsSource):
         if path is None:
             return {}
         try:
-            return tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise GeovqError(f"config file {path} is not valid TOML: {error}") from None
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise GeovqError(f"config file {path} is not valid UTF-8 TOML: {error}") from None
+        except OSError as error:
+            raise GeovqError(f"cannot read config file {path} ({error.strerror})") from None
+        for key, value in values.items():
+            if isinstance(getattr(Settings.model_fields.get(key), "annotation", None), type) and (
+                issubclass(Settings.model_fields[key].annotation, BaseModel)
+                and not isinstance(value, dict)
+            ):
+                raise GeovqError(
+                    f"config file {path}: {key} = {value!r} is not a table; write [{key}] "
+                    "and its settings below it"
+                )
+        return values
 
 
 def load_settings(
@@ -324,6 +362,12 @@ def load_settings(
         return Settings(**overrides)
     except ValidationError as error:
         raise GeovqError(_describe(error, config)) from None
+    except SettingsError as error:  # a GEOVQ_* variable that is not valid JSON for its field
+        cause = f" ({error.__cause__})" if error.__cause__ else ""
+        raise GeovqError(
+            f"{error}{cause}; fix the GEOVQ_ environment variable (sections take JSON, "
+            "e.g. GEOVQ_STUDY__METRICS='[\"w2\"]')"
+        ) from None
     finally:
         _config_file.reset(token)
         _preset.reset(preset_token)
@@ -344,6 +388,7 @@ _FLAGS = {
     "sample.class_label": "--class",
     "quantize.name": "--name",
     "study.redo": "--force",
+    "vqvae.name": "--name",
 }
 
 
@@ -357,4 +402,5 @@ def _describe(error: ValidationError, config: Path | None) -> str:
     value = first.get("input")
     path = ".".join(str(part) for part in first["loc"] if not isinstance(part, int))
     flag = _FLAGS.get(path, "--" + path.rsplit(".", 1)[-1].replace("_", "-"))
-    return f"invalid value {value!r} for {flag} ({where}){origin}: {first['msg']}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"invalid value {value!r} for {flag} ({where}){origin}: {message}"

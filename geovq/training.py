@@ -108,10 +108,11 @@ def train(
             )
             started = time.perf_counter()
             totals: dict[str, float] = {}
-            for index in batches(n, config.batch_size, shuffle_gen):
+            for step_index, index in enumerate(batches(n, config.batch_size, shuffle_gen), 1):
                 batch = [tensor[index.to(tensor.device)] for tensor in data]
                 with _autocast(device):
                     loss, terms = step(batch, noise_gen)
+                check_finite_loss(loss, label, epoch, step_index, config.lr)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -137,6 +138,11 @@ def train(
             progress.log(f"{label} epoch {epoch}: " + _summary(record))
     except KeyboardInterrupt:
         progress.finish()
+        if kept == 0:
+            raise Interrupted(
+                f"{label} interrupted before its first epoch ended; nothing was kept, so "
+                "rerun without --resume"
+            ) from None
         raise Interrupted(
             f"{label} interrupted; epoch {kept} is kept in {run_dir.file(checkpoint)}; "
             "rerun with --resume to continue"
@@ -145,6 +151,15 @@ def train(
     result.images_per_s = seen / busy if busy else 0.0
     model.eval()
     return result
+
+
+def check_finite_loss(loss: torch.Tensor, label: str, epoch: int, step: int, lr: float) -> None:
+    """Stop at the first NaN or infinite loss: training on would only write garbage."""
+    if not bool(torch.isfinite(loss.detach())):
+        raise GeovqError(
+            f"{label}: the loss became {float(loss.detach())} at epoch {epoch}, step {step}; "
+            f"nothing was written. Lower --lr (now {lr:g}) or check the data"
+        )
 
 
 def _autocast(device: torch.device):

@@ -32,6 +32,21 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+def tree_digest(directory: Path) -> dict[str, str]:
+    """sha256 of every file (and a marker per folder): to check a failure left the run
+    directory byte-identical."""
+    import hashlib
+
+    if not directory.exists():
+        return {}
+    return {
+        str(p.relative_to(directory)): (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        )
+        for p in sorted(directory.rglob("*"))
+    }
+
+
 def cli(*args: str):
     """Run the real app in-process; returns click's Result (exit_code, stdout, stderr)."""
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)

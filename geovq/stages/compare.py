@@ -10,6 +10,7 @@ bits per image; ``--sweep-k`` adds rate–distortion points. Writes ``report/met
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,6 +19,19 @@ from typing import Any
 import torch
 
 from geovq import GeovqError
+from geovq.artifacts import (
+    REPORT_CLASSIFIER,
+    REPORT_DIR,
+    REPORT_KEY,
+    REPORT_MARKDOWN,
+    REPORT_METRICS,
+    VaeFiles,
+    first_trained_record,
+    load_latents,
+    load_vae,
+    recorded_data,
+    recorded_vaes,
+)
 from geovq.data import load_dataset, stratified_head, to_float
 from geovq.metrics import frechet_distance, mse_per_pixel, psnr, ssim, summarize_codes
 from geovq.models.classifier import (
@@ -29,17 +43,16 @@ from geovq.models.classifier import (
 )
 from geovq.models.pixelcnn import sample_codes
 from geovq.progress import NullProgress
-from geovq.rundir import RunDir, atomic_write_bytes
+from geovq.rundir import RunDir, parse_tensors, read_file, strict_json
 from geovq.settings import DataSettings, Settings, parse_k_list
-from geovq.stages.loaders import VaeFiles, first_trained_record, load_latents, load_vae
-from geovq.stages.record import StageResult, StageRun
+from geovq.stages.record import StageResult, StageRun, stage
 from geovq.stages.sources import Source, has_refit_decoder, list_sources, load_source
 from geovq.stages.train_prior import code_baselines, prior_path, split_bits_per_code
 from geovq.training import resolve_device
 
-STAGE = "compare"
-REPORT = "report"
-CLASSIFIER = f"{REPORT}/classifier.safetensors"
+STAGE = REPORT_KEY
+REPORT = REPORT_DIR
+CLASSIFIER = REPORT_CLASSIFIER
 IMAGES_SHOWN = 10
 
 
@@ -51,46 +64,44 @@ class RunImages:
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
     options = settings.compare
+    record = StageRun(run_dir, STAGE, None, device, settings.seed, settings.force)
     names = list_sources(run_dir)
     if not names:
         raise GeovqError(
             f"no quantization in {run_dir.path}; run `geovq quantize` (post hoc) or "
             "`geovq train-vqvae` (end to end) first"
         )
-    record = StageRun(
-        run_dir, STAGE, {"compare": json.loads(options.model_dump_json())}, device, settings.seed
-    )
-    data = _run_images(run_dir)
-    sources = _load_sources(run_dir, names, data, device, settings.force)
-    for source in sources:
-        record.inputs[f"{source.name}/codes.safetensors"] = source.codes_sha256
+    record.settle({"compare": json.loads(options.model_dump_json()), "seed": settings.seed})
+    data = _run_images(record)
+    sources = _load_sources(record, names, data, device)
     missing = [s.label for s in sources if options.split not in s.codes]
     sources = [s for s in sources if options.split in s.codes]
     if not sources:
         raise GeovqError(
             f"--split {options.split} is in no quantization; choose one of {', '.join(data.images)}"
         )
-    vaes = _recorded_vaes(run_dir)
+    vaes = _recorded_vaes(record)
 
     progress.start("compare: reconstructions", total=len(sources) + len(vaes))
     entries = {}
     for source in sources:
-        entries[source.label] = _source_entry(run_dir, source, data, device, settings.force)
+        entries[source.label] = _source_entry(record, source, data, device)
         progress.advance(1)
     references = {}
     for files in vaes:
-        references[files.vae] = _vae_entry(run_dir, files, data, device, settings.force)
+        references[files.vae] = _vae_entry(record, files, data, device)
         progress.advance(1)
     progress.finish()
 
-    quality = _sample_quality(run_dir, sources, vaes, data, settings, device, progress)
+    quality = _sample_quality(record, sources, vaes, data, settings, device, progress)
     pairs = equal_rate_pairs(entries, options.split)
-    sweep = _sweep(run_dir, entries, options, settings, device, progress) if options.sweep_k else []
+    sweep = _sweep(record, entries, options, settings, device, progress) if options.sweep_k else []
     metrics = {
         "split": options.split,
         "sources": entries,
@@ -99,13 +110,10 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "equal_rate_pairs": pairs,
         "rate_distortion": rate_points(entries, options.split) + sweep,
     }
-    figures = _figures(run_dir, sources, data, metrics, quality, device)
+    figures = _figures(record, sources, data, metrics, quality, device)
     metrics["figures"] = figures
-    text = json.dumps(metrics, indent=2, sort_keys=True, default=_json_default) + "\n"
-    atomic_write_bytes(run_dir.file(f"{REPORT}/metrics.json"), text.encode())
-    atomic_write_bytes(run_dir.file(f"{REPORT}/report.md"), render_report(metrics).encode())
-    record.outputs[f"{REPORT}/metrics.json"] = {"sha256": run_dir.sha256(f"{REPORT}/metrics.json")}
-    record.outputs[f"{REPORT}/report.md"] = {"sha256": run_dir.sha256(f"{REPORT}/report.md")}
+    record.write_bytes(REPORT_METRICS, strict_json(metrics).encode())
+    record.write_bytes(REPORT_MARKDOWN, render_report(metrics).encode())
     record.finish({"split": options.split, "sources": list(entries), "equal_rate_pairs": pairs})
     return StageResult(
         STAGE,
@@ -123,14 +131,12 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     )
 
 
-def _load_sources(
-    run_dir: RunDir, names: list[str], data: RunImages, device, force
-) -> list[Source]:
+def _load_sources(record: StageRun, names: list[str], data: RunImages, device) -> list[Source]:
     """Every source; a post-hoc one with a refit decoder also as it decodes without the refit,
     and VQ-VAEs encode splits they have no codes for (e.g. added by ``extract --as``)."""
     sources = []
     for name in names:
-        source = load_source(run_dir, name, device, force)
+        source = load_source(record, name, device)
         for split, images in data.images.items():
             if split not in source.codes:
                 codes = source.encode(images)
@@ -138,8 +144,8 @@ def _load_sources(
                     source.codes[split] = codes
                     source.labels[split] = data.labels[split]
         sources.append(source)
-        if source.kind == "posthoc" and has_refit_decoder(run_dir, name):
-            plain = load_source(run_dir, name, device, force, use_refit=False)
+        if source.kind == "posthoc" and has_refit_decoder(record.run_dir, name):
+            plain = load_source(record, name, device, use_refit=False)
             plain.variant = "vae decoder"
             sources.append(plain)
     return sources
@@ -155,9 +161,7 @@ def reconstruction_figures(recons: torch.Tensor, images_u8: torch.Tensor) -> dic
     }
 
 
-def _source_entry(
-    run_dir: RunDir, source: Source, data: RunImages, device, force
-) -> dict[str, Any]:
+def _source_entry(record: StageRun, source: Source, data: RunImages, device) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "kind": source.kind,
         "k": source.k,
@@ -165,8 +169,8 @@ def _source_entry(
         "per_position": source.per_position,
         "bits_per_image": source.bits_per_image,
         "decoder": source.decoder,
-        "metric": source.metadata.get("metric", "vq-vae"),
-        "vae": source.metadata.get("vae", ""),
+        "metric": source.metadata.metric or "vq-vae",
+        "vae": source.metadata.vae or "",
         "splits": {},
         "prior": None,
     }
@@ -175,19 +179,16 @@ def _source_entry(
         if split in data.images and data.images[split].shape[0] == codes.shape[0]:
             figures.update(reconstruction_figures(source.decode(codes), data.images[split]))
         entry["splits"][split] = figures
-    entry["prior"] = _prior_figures(run_dir, source, device, force)
+    entry["prior"] = _prior_figures(record, source, device)
     return entry
 
 
-def _prior_figures(run_dir: RunDir, source: Source, device, force) -> dict[str, Any] | None:
+def _prior_figures(record: StageRun, source: Source, device) -> dict[str, Any] | None:
     from geovq.stages.sample import load_prior
 
-    if not run_dir.exists(prior_path(source.name)):
+    if not record.run_dir.exists(prior_path(source.name)):
         return None
-    try:
-        prior = load_prior(run_dir, source, device, force)
-    except GeovqError as error:
-        return {"skipped": str(error)}
+    prior = load_prior(record, source, device)  # a changed or stale prior is refused
     figures: dict[str, Any] = {"conditional": prior.config.num_classes > 0, "splits": {}}
     for split, codes in source.codes.items():
         labels = source.labels.get(split) if prior.config.num_classes else None
@@ -204,9 +205,9 @@ def _prior_figures(run_dir: RunDir, source: Source, device, force) -> dict[str, 
     return figures
 
 
-def _vae_entry(run_dir: RunDir, files: VaeFiles, data: RunImages, device, force) -> dict[str, Any]:
-    vae, _ = load_vae(run_dir, device, force, files=files)
-    latents, _ = load_latents(run_dir, force, files=files)
+def _vae_entry(record: StageRun, files: VaeFiles, data: RunImages, device) -> dict[str, Any]:
+    vae, _ = load_vae(record, device, files)
+    latents, _ = load_latents(record, files)
     entry: dict[str, Any] = {
         "latent_dim": vae.config.total_latent_dim,
         "latent": vae.config.latent,
@@ -230,12 +231,12 @@ def _vae_entry(run_dir: RunDir, files: VaeFiles, data: RunImages, device, force)
 
 # -- sample quality ----------------------------------------------------------------------------
 def _sample_quality(
-    run_dir, sources, vaes, data: RunImages, settings: Settings, device, progress
+    record: StageRun, sources, vaes, data: RunImages, settings: Settings, device, progress
 ) -> dict[str, Any]:
     options = settings.compare
     if "train" not in data.labels or int(data.labels["train"].min()) < 0:
         return {"skipped": "the run's data has no class labels"}
-    classifier, classifier_acc = _classifier(run_dir, data, settings, device)
+    classifier, classifier_acc = _classifier(record, data, settings, device)
     real = to_float(data.images["test"]).to(device)
     real_features = extract_features(classifier, real)
     generator = torch.Generator(device=device).manual_seed(settings.seed + 11)
@@ -254,9 +255,7 @@ def _sample_quality(
         figures["random_frechet"] = frechet_distance(
             extract_features(classifier, random_images.to(device)), real_features
         )
-        prior_images = _prior_samples(
-            run_dir, source, options.samples, generator, device, settings.force
-        )
+        prior_images = _prior_samples(record, source, options.samples, generator, device)
         if prior_images is not None:
             images, labels = prior_images
             figures["prior_frechet"] = frechet_distance(
@@ -269,7 +268,7 @@ def _sample_quality(
         results["sources"][source.label] = figures
         progress.advance(1)
     for files in vaes:
-        vae, _ = load_vae(run_dir, device, settings.force, files=files)
+        vae, _ = load_vae(record, device, files)
         z = torch.randn(
             options.samples, vae.config.total_latent_dim, generator=generator, device=device
         )
@@ -290,16 +289,13 @@ def _sample_quality(
     return results
 
 
-def _prior_samples(run_dir, source: Source, n: int, generator, device, force):
+def _prior_samples(record: StageRun, source: Source, n: int, generator, device):
     """(images, requested labels or None) from the source's prior, or None without one."""
     from geovq.stages.sample import load_prior
 
-    if not run_dir.exists(prior_path(source.name)):
+    if not record.run_dir.exists(prior_path(source.name)):
         return None
-    try:
-        prior = load_prior(run_dir, source, device, force)
-    except GeovqError:
-        return None
+    prior = load_prior(record, source, device)
     classes = prior.config.num_classes
     labels = (torch.arange(n, device=device) % classes) if classes else None
     codes = sample_codes(prior, n, labels=labels, generator=generator)
@@ -307,9 +303,10 @@ def _prior_samples(run_dir, source: Source, n: int, generator, device, force):
 
 
 def _classifier(
-    run_dir: RunDir, data: RunImages, settings: Settings, device
+    record: StageRun, data: RunImages, settings: Settings, device
 ) -> tuple[SmallClassifier, float]:
-    """Train once on the run's train split; cached in report/classifier.safetensors."""
+    """Train once on the run's train split; cached in report/classifier.safetensors (used
+    only while it matches compare's record, retrained otherwise)."""
     channels, height, width = data.images["train"].shape[1:]
     num_classes = int(data.labels["train"].max()) + 1
     config = ClassifierConfig(channels, height, width, num_classes)
@@ -319,11 +316,13 @@ def _classifier(
         "seed": str(settings.seed),
         "train_images": str(data.images["train"].shape[0]),
     }
-    if run_dir.exists(CLASSIFIER):
-        tensors, meta = run_dir.load_tensors(CLASSIFIER, "classifier")
+    cached = _cached_classifier(record)
+    if cached is not None:
+        tensors, meta = cached
         if all(meta.get(k) == v for k, v in key.items()):
             model = SmallClassifier(config)
             model.load_state_dict(tensors)
+            record.write(CLASSIFIER, tensors, meta)
             return model.to(device).eval(), float(meta["test_accuracy"])
     model = train_classifier(
         to_float(data.images["train"]).to(device),
@@ -335,8 +334,20 @@ def _classifier(
     test_acc = accuracy(
         model, to_float(data.images["test"]).to(device), data.labels["test"].to(device)
     )
-    run_dir.save_tensors(CLASSIFIER, model.state_dict(), {**key, "test_accuracy": str(test_acc)})
+    record.write(CLASSIFIER, model.state_dict(), {**key, "test_accuracy": str(test_acc)})
     return model.eval(), test_acc
+
+
+def _cached_classifier(record: StageRun):
+    """The classifier compare recorded last time, if its file still matches the record."""
+    recorded = (record.record_of(STAGE) or {}).get("outputs", {}).get(CLASSIFIER)
+    path = record.run_dir.file(CLASSIFIER)
+    if recorded is None or not path.is_file():
+        return None
+    data = read_file(path)
+    if hashlib.sha256(data).hexdigest() != recorded["sha256"]:
+        return None
+    return parse_tensors(data, path)
 
 
 # -- equal rate and rate–distortion ------------------------------------------------------------
@@ -391,15 +402,16 @@ def rate_points(entries: dict[str, dict], split: str) -> list[dict[str, Any]]:
     ]
 
 
-def _sweep(run_dir: RunDir, entries, options, settings: Settings, device, progress) -> list[dict]:
+def _sweep(record: StageRun, entries, options, settings: Settings, device, progress) -> list[dict]:
     """Quantize again at each K of --sweep-k for every post-hoc family already in the run."""
+    from geovq.artifacts import split_images
+    from geovq.metrics import decoded_mse
     from geovq.quant.codebook import assign_codes, chunk_latents, codeword_latents, fit_codebook
-    from geovq.stages.loaders import decoded_mse, split_images
 
     families: dict[tuple, dict] = {}
     for name, entry in entries.items():
         if entry["kind"] == "posthoc":
-            recorded = run_dir.stage(f"quantize/{name.removeprefix('quant/')}")
+            recorded = record.record_of(f"quantize/{name.removeprefix('quant/')}")
             if recorded:
                 q = recorded["settings"]["quantize"]
                 families.setdefault(
@@ -410,9 +422,9 @@ def _sweep(run_dir: RunDir, entries, options, settings: Settings, device, progre
     progress.start("compare: rate-distortion sweep", total=len(families) * len(ks))
     for (vae_name, metric, codebook, chunks), q in families.items():
         files = VaeFiles(vae_name or None)
-        latents, meta = load_latents(run_dir, settings.force, files=files)
-        vae, _ = load_vae(run_dir, device, settings.force, files=files)
-        images = split_images(run_dir, meta, files)
+        latents, meta = load_latents(record, files)
+        vae, _ = load_vae(record, device, files)
+        images = split_images(record, meta, files)
         fit_mu = chunk_latents(latents[f"{q['fit_split']}.mu"], chunks)
         fit_sigma = chunk_latents(torch.exp(0.5 * latents[f"{q['fit_split']}.logvar"]), chunks)
         mu = chunk_latents(latents[f"{options.split}.mu"], chunks)
@@ -462,7 +474,9 @@ def _sweep(run_dir: RunDir, entries, options, settings: Settings, device, progre
 
 
 # -- figures and report ------------------------------------------------------------------------
-def _figures(run_dir: RunDir, sources, data: RunImages, metrics, quality, device) -> dict[str, str]:
+def _figures(
+    record: StageRun, sources, data: RunImages, metrics, quality, device
+) -> dict[str, str]:
     from geovq.metrics import code_counts
     from geovq.plots import save_code_usage, save_image_rows, save_rate_distortion
 
@@ -470,9 +484,9 @@ def _figures(run_dir: RunDir, sources, data: RunImages, metrics, quality, device
     figures = {}
     originals = to_float(data.images[split][:IMAGES_SHOWN])
     rows = [("original", originals)]
-    for files in _recorded_vaes(run_dir):
-        vae, _ = load_vae(run_dir, device, True, files=files)
-        latents, _ = load_latents(run_dir, True, files=files)
+    for files in _recorded_vaes(record):
+        vae, _ = load_vae(record, device, files)
+        latents, _ = load_latents(record, files)
         with torch.no_grad():
             rows.append(
                 (
@@ -484,38 +498,46 @@ def _figures(run_dir: RunDir, sources, data: RunImages, metrics, quality, device
             )
     for source in sources:
         rows.append((source.label, source.decode(source.codes[split][:IMAGES_SHOWN])))
-    figures["reconstructions"] = str(
-        save_image_rows(
-            rows, run_dir.file(f"{REPORT}/reconstructions.png"), max_images=IMAGES_SHOWN
-        ).relative_to(run_dir.path)
+    figures["reconstructions"] = _figure(
+        record,
+        f"{REPORT}/reconstructions.png",
+        lambda path: save_image_rows(rows, path, max_images=IMAGES_SHOWN),
     )
     usage = {
         s.label: code_counts(s.codes[split], s.k, per_position=s.per_position) for s in sources
     }
-    figures["code_usage"] = str(
-        save_code_usage(usage, run_dir.file(f"{REPORT}/code_usage.png")).relative_to(run_dir.path)
+    figures["code_usage"] = _figure(
+        record, f"{REPORT}/code_usage.png", lambda path: save_code_usage(usage, path)
     )
     if metrics["rate_distortion"]:
-        figures["rate_distortion"] = str(
-            save_rate_distortion(
-                metrics["rate_distortion"], run_dir.file(f"{REPORT}/rate_distortion.png")
-            ).relative_to(run_dir.path)
+        figures["rate_distortion"] = _figure(
+            record,
+            f"{REPORT}/rate_distortion.png",
+            lambda path: save_rate_distortion(metrics["rate_distortion"], path),
         )
     generator = torch.Generator(device=device).manual_seed(0)
     for source in sources:
         grid_rows = []
-        prior = _prior_samples(run_dir, source, 16, generator, device, True)
+        prior = _prior_samples(record, source, 16, generator, device)
         if prior is not None:
             grid_rows.append(("prior", prior[0]))
         random_codes = torch.randint(
             source.k, (16, *source.grid), generator=generator, device=device
         )
         grid_rows.append(("random codes", source.decode(random_codes)))
-        path = save_image_rows(
-            grid_rows, run_dir.file(f"{REPORT}/samples-{source.slug}.png"), max_images=16
+        figures[f"samples {source.label}"] = _figure(
+            record,
+            f"{REPORT}/samples-{source.slug}.png",
+            lambda path, rows=grid_rows: save_image_rows(rows, path, max_images=16),
         )
-        figures[f"samples {source.label}"] = str(path.relative_to(run_dir.path))
     return figures
+
+
+def _figure(record: StageRun, relpath: str, save) -> str:  # noqa: ANN001 - save(path)
+    """Render a figure into the stage's staging folder; it lands with the report."""
+    save(record.staged_path(relpath))
+    record.adopt(relpath)
+    return relpath
 
 
 HEADLINE_COLUMNS = [
@@ -640,31 +662,27 @@ NO_PAIR_NOTE = (
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _recorded_vaes(run_dir: RunDir) -> list[VaeFiles]:
-    stages = run_dir.manifest()["stages"]
-    names = [
-        None if key == "train-vae" else key.split("/", 1)[1]
-        for key in stages
-        if key == "train-vae" or key.startswith("train-vae/")
+def _recorded_vaes(record: StageRun) -> list[VaeFiles]:
+    return [
+        files for files in recorded_vaes(record.manifest) if record.run_dir.exists(files.latents)
     ]
-    return [VaeFiles(name) for name in names if run_dir.exists(VaeFiles(name).latents)]
 
 
-def _run_images(run_dir: RunDir) -> RunImages:
+def _run_images(record: StageRun) -> RunImages:
     """The run's own dataset (from its first trained model) plus extra splits of any latents."""
-    record = first_trained_record(run_dir)
-    if record is None:
+    first = first_trained_record(record.manifest)
+    if first is None:
         raise GeovqError(
-            f"no trained model recorded in {run_dir.path}; run `geovq train-vae` first"
+            f"no trained model recorded in {record.run_dir.path}; run `geovq train-vae` first"
         )
-    dataset = load_dataset(DataSettings(**record["settings"]["data"]))
+    dataset = load_dataset(recorded_data(first, str(record.run_dir.manifest_path)))
     data = RunImages(
         {name: split.images for name, split in dataset.splits.items()},
         {name: split.labels for name, split in dataset.splits.items()},
     )
-    for files in _recorded_vaes(run_dir):
-        _, meta = run_dir.load_tensors(files.latents, "latents")
-        for name, data_json in json.loads(meta.get("extra_splits", "{}")).items():
+    for files in _recorded_vaes(record):
+        _, meta = load_latents(record, files)
+        for name, data_json in meta.extra_splits.items():
             extra = load_dataset(DataSettings(**data_json)).whole()
             data.images[name], data.labels[name] = extra.images, extra.labels
     return data
@@ -672,9 +690,3 @@ def _run_images(run_dir: RunDir) -> RunImages:
 
 def _f(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _json_default(value):
-    if torch.is_tensor(value):
-        return value.tolist()
-    return str(value)

@@ -12,13 +12,13 @@ import json
 import torch
 
 from geovq import GeovqError
+from geovq.artifacts import LatentsMeta, VaeFiles, load_vae, run_data_settings
 from geovq.data import Dataset, Split, load_dataset, to_float
 from geovq.models.vae import VAE
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import DataSettings, Settings
-from geovq.stages.loaders import VaeFiles, load_vae, run_data_settings
-from geovq.stages.record import StageResult, StageRun
+from geovq.stages.record import StageResult, StageRun, check_finite, stage
 from geovq.training import resolve_device
 
 OWN_SPLITS = ("train", "test")
@@ -38,16 +38,16 @@ def encode_split(
     return torch.cat(mus), torch.cat(logvars)
 
 
+@stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
     files = VaeFiles(settings.vae.name)
-    record = StageRun(run_dir, files.extract_key, {}, device, settings.seed)
-    model, vae_meta = load_vae(run_dir, device, settings.force, record.read, files)
+    record = StageRun(run_dir, files.extract_key, None, device, settings.seed, settings.force)
+    model, vae_meta = load_vae(record, device, files)
     image_shape = (model.config.channels, model.config.height, model.config.width)
-    own = load_dataset(run_data_settings(run_dir, files))
-    extras = _previous_extras(run_dir, files)
+    extras = _previous_extras(record, files)
     as_name = settings.extract.as_name
     if as_name is not None:
         if as_name in OWN_SPLITS:
@@ -55,6 +55,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         extras[as_name] = json.loads(
             _extra_data_settings(settings.data, image_shape).model_dump_json()
         )
+    record.settle({"extract": {"extra_splits": extras}, "seed": settings.seed})
+    own = load_dataset(run_data_settings(record, files))
 
     splits: dict[str, Split] = {name: own.splits[name] for name in OWN_SPLITS}
     for name, data_json in extras.items():
@@ -64,18 +66,20 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     progress.start(files.extract_key, total=len(splits))
     for name, split in splits.items():
         mu, logvar = encode_split(model, split.images, settings.extract.batch_size, device)
+        fix = f"retrain the VAE (`geovq train-vae{files.flag} --force`, e.g. with a lower --lr)"
+        check_finite(mu, f"the latents of split {name}", fix)
+        check_finite(logvar, f"the log-variances of split {name}", fix)
         tensors.update({f"{name}.mu": mu, f"{name}.logvar": logvar, f"{name}.labels": split.labels})
         progress.advance(1)
     progress.finish()
-    metadata = {
-        "grid": json.dumps(model.config.latent_grid),
-        "latent_dim": str(model.config.total_latent_dim),
-        "vae_config": vae_meta["config"],
-        "vae": files.name or "",
-        "extra_splits": json.dumps(extras),
-    }
-    record.settings = {"extract": {"extra_splits": extras}, "seed": settings.seed}
-    record.write(files.latents, tensors, metadata)
+    meta = LatentsMeta(
+        latent_dim=model.config.total_latent_dim,
+        grid=model.config.latent_grid,
+        vae=files.name,
+        vae_config=vae_meta.config,
+        extra_splits=extras,
+    )
+    record.write(files.latents, tensors, meta.to_metadata())
     counts = {name: len(split) for name, split in splits.items()}
     metrics = {"splits": counts, "latent_dim": model.config.total_latent_dim}
     record.finish(metrics)
@@ -90,11 +94,12 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     )
 
 
-def _previous_extras(run_dir: RunDir, files: VaeFiles) -> dict[str, dict]:
-    if not run_dir.exists(files.latents):
+def _previous_extras(record: StageRun, files: VaeFiles) -> dict[str, dict]:
+    """Extra splits of the recorded latents: a plain rerun keeps them."""
+    recorded = record.record_of(files.extract_key)
+    if recorded is None:
         return {}
-    _, metadata = run_dir.load_tensors(files.latents, "latents")
-    return json.loads(metadata.get("extra_splits", "{}"))
+    return dict(recorded.get("settings", {}).get("extract", {}).get("extra_splits", {}))
 
 
 def _extra_data_settings(data: DataSettings, image_shape: tuple[int, int, int]) -> DataSettings:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from geovq import GeovqError
+from geovq.artifacts import VaeFiles
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Preset, Settings, StageFamily
@@ -30,7 +31,6 @@ from geovq.stages import (
     train_vae,
     train_vqvae,
 )
-from geovq.stages.loaders import VaeFiles
 from geovq.stages.record import StageResult
 from geovq.stages.sources import slug
 

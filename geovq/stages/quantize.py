@@ -15,7 +15,16 @@ import time
 import torch
 
 from geovq import GeovqError
-from geovq.metrics import summarize_codes
+from geovq.artifacts import (
+    CodesMeta,
+    Quantization,
+    VaeFiles,
+    latent_splits,
+    load_latents,
+    load_vae,
+    split_images,
+)
+from geovq.metrics import decoded_mse, summarize_codes
 from geovq.progress import NullProgress
 from geovq.quant.codebook import (
     QuantizerFit,
@@ -27,16 +36,7 @@ from geovq.quant.codebook import (
 from geovq.quant.distances import w2_sq
 from geovq.rundir import RunDir
 from geovq.settings import QuantizeSettings, Settings, parse_grid
-from geovq.stages.loaders import (
-    VaeFiles,
-    decoded_mse,
-    latent_grid,
-    latent_splits,
-    load_latents,
-    load_vae,
-    split_images,
-)
-from geovq.stages.record import StageResult, StageRun
+from geovq.stages.record import StageResult, StageRun, check_finite, stage
 from geovq.training import resolve_device
 
 FLAT_DEFAULT_CHUNKS = 8
@@ -51,7 +51,7 @@ def default_name(q: QuantizeSettings, vae_name: str | None = None) -> str:
 
 
 def stage_key(name: str) -> str:
-    return f"quantize/{name}"
+    return Quantization("quant", name).key
 
 
 def chunk_grid(
@@ -84,6 +84,7 @@ def chunk_grid(
     return chunks, grid
 
 
+@stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
@@ -91,25 +92,31 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     q = settings.quantize
     files = VaeFiles(settings.vae.name)
     name = default_name(q, files.name)
-    folder = f"quant/{name}"
-    record = StageRun(run_dir, stage_key(name), {}, device, settings.seed)
-    latents, latents_meta = load_latents(run_dir, settings.force, record.read, files)
+    quant = Quantization("quant", name)
+    record = StageRun(run_dir, quant.key, None, device, settings.seed, settings.force)
+    latents, latents_meta = load_latents(record, files)
     splits = latent_splits(latents)
     latent_dim = latents[f"{splits[0]}.mu"].shape[1]
-    chunks, grid = chunk_grid(q, latent_dim, latent_grid(latents_meta))
+    chunks, grid = chunk_grid(q, latent_dim, latents_meta.grid)
     if q.fit_split not in splits:
         raise GeovqError(
             f"--fit-split {q.fit_split} is not in the latents; choose one of {', '.join(splits)}"
         )
-    if run_dir.exists(f"{folder}/codes.safetensors") and not settings.force:
-        raise GeovqError(
-            f"{run_dir.file(folder)} already exists; pass --force to overwrite it or --name NEW"
-        )
+    record.settle(
+        {"quantize": json.loads(q.model_dump_json()), "vae": files.name, "seed": settings.seed}
+    )
+    for split in splits:
+        for part in ("mu", "logvar"):
+            check_finite(
+                latents[f"{split}.{part}"],
+                f"the latents' {split}.{part}",
+                f"retrain the VAE (e.g. with a lower --lr) and rerun `geovq extract{files.flag}`",
+            )
     mu = {s: chunk_latents(latents[f"{s}.mu"], chunks) for s in splits}
     sigma = {s: chunk_latents(torch.exp(0.5 * latents[f"{s}.logvar"]), chunks) for s in splits}
     _check_sizes(q, mu[q.fit_split])
-    vae, _ = load_vae(run_dir, device, settings.force, record.read, files)
-    images = split_images(run_dir, latents_meta, files)
+    vae, _ = load_vae(record, device, files)
+    images = split_images(record, latents_meta, files)
 
     progress.start(f"quantize {name}: fit on {q.fit_split}")
     started = time.perf_counter()
@@ -134,24 +141,24 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         )
 
     per_position = q.codebook == "per-position"
-    metadata = {
-        "kind": "posthoc",
-        "k": str(q.k),
-        "grid": json.dumps(list(grid)),
-        "per_position": json.dumps(per_position),
-        "metric": q.metric,
-        "chunks": str(chunks),
-        "source": folder,
-        "vae": files.name or "",
-        "fit_split": json.dumps(q.fit_split),
-    }
+    metadata = CodesMeta(
+        kind="posthoc",
+        k=q.k,
+        grid=grid,
+        source=quant.source,
+        per_position=per_position,
+        metric=q.metric,
+        chunks=chunks,
+        vae=files.name,
+        fit_split=q.fit_split,
+    ).to_metadata()
     cb = fit.codebook
-    record.write(f"{folder}/codebook.safetensors", {"mu": cb.mu, "sigma": cb.sigma}, metadata)
+    record.write(quant.codebook, {"mu": cb.mu, "sigma": cb.sigma}, metadata)
     tensors = {}
     for split in splits:
         tensors[f"{split}.codes"] = codes[split].reshape(-1, *grid).to(torch.int64)
         tensors[f"{split}.labels"] = latents[f"{split}.labels"]
-    record.write(f"{folder}/codes.safetensors", tensors, metadata)
+    record.write(quant.codes, tensors, metadata)
     metrics = {
         "name": name,
         "kind": "posthoc",
@@ -167,17 +174,12 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "fit_info": {k: v for k, v in fit.info.items() if isinstance(v, int | float | str | bool)},
         "splits": split_metrics,
     }
-    record.settings = {
-        "quantize": json.loads(q.model_dump_json()),
-        "vae": files.name,
-        "seed": settings.seed,
-    }
     record.finish(metrics)
     notes = []
     if q.refit_decoder:
-        notes = _refit(settings, folder, progress, metrics)
+        notes = _refit(settings, quant.source, progress, metrics)
     return StageResult(
-        stage_key(name),
+        quant.key,
         metrics,
         record.outputs,
         title=(

@@ -14,15 +14,26 @@ import json
 import torch
 
 from geovq import GeovqError
+from geovq.artifacts import (
+    DecoderMeta,
+    Quantization,
+    Reader,
+    VaeFiles,
+    load_codebook,
+    load_codes,
+    load_latents,
+    load_vae,
+    split_images,
+)
 from geovq.data import to_float
+from geovq.metrics import decoded_mse
 from geovq.models.vae import VAE, reconstruction_loss
 from geovq.progress import NullProgress
 from geovq.quant.codebook import Codebook, codeword_latents
 from geovq.rundir import RunDir
 from geovq.settings import Settings
-from geovq.stages.loaders import VaeFiles, decoded_mse, load_latents, load_vae, split_images
-from geovq.stages.record import StageResult, StageRun
-from geovq.stages.sources import list_sources, slug
+from geovq.stages.record import StageResult, StageRun, stage
+from geovq.stages.sources import list_sources
 from geovq.training import TrainConfig, resolve_device, train
 
 
@@ -36,31 +47,36 @@ def decoder_parameters(vae: VAE) -> dict[str, torch.nn.Parameter]:
 
 
 def stage_key(name: str) -> str:
-    return f"refit-decoder/{name}"
+    return Quantization("quant", name).refit_key
 
 
+@stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
-    source = _posthoc_source(run_dir, settings.refit.source)
-    name = source.removeprefix("quant/")
-    record = StageRun(run_dir, stage_key(name), {}, device, settings.seed)
-    codebook_tensors, meta = record.read(f"{source}/codebook.safetensors", f"codebook of {source}")
-    codes_tensors, _ = record.read(f"{source}/codes.safetensors", f"codes of {source}")
-    files = VaeFiles(meta.get("vae") or None)
-    _refuse_changed_latents(run_dir, name, files, settings.force)
-    latents, latents_meta = load_latents(run_dir, settings.force, files=files)
-    vae, vae_meta = load_vae(run_dir, device, settings.force, record.read, files)
-    fit_split = json.loads(meta.get("fit_split", '"train"'))
-    images = split_images(run_dir, latents_meta, files)
-    codebook = Codebook(codebook_tensors["mu"], codebook_tensors["sigma"], meta["metric"])
+    quant = _posthoc_source(run_dir, settings.refit.source)
+    source, name = quant.source, quant.name
+    record = StageRun(run_dir, quant.refit_key, None, device, settings.seed, settings.force)
+    record.settle(
+        {"refit": json.loads(settings.refit.model_dump_json()), "seed": settings.seed},
+        resume=settings.refit.resume,
+    )
+    codebook_tensors, meta = load_codebook(record, quant)
+    codes_tensors, _ = load_codes(record, quant)
+    files = VaeFiles(meta.vae)
+    _refuse_changed_latents(record, quant, files)
+    _, latents_meta = load_latents(record, files)
+    vae, vae_meta = load_vae(record, device, files)
+    fit_split = meta.fit_split or "train"
+    images = split_images(record, latents_meta, files)
+    codebook = Codebook(codebook_tensors["mu"], codebook_tensors["sigma"], meta.metric or "")
     quantized = {
         split: codeword_latents(codebook, codes_tensors[f"{split}.codes"].flatten(1))
         for split in images
         if f"{split}.codes" in codes_tensors
     }
-    recon = vae_meta.get("recon_loss", "bce")
+    recon = vae_meta.recon_loss
     params = decoder_parameters(vae)
     for param in vae.parameters():
         param.requires_grad_(param in set(params.values()))
@@ -89,7 +105,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         evaluate,
         TrainConfig(refit.epochs, refit.batch_size, refit.lr, settings.seed, refit.resume),
         run_dir,
-        f"checkpoints/refit-{slug(source)}.safetensors",
+        quant.refit_checkpoint,
         params=list(params.values()),
         progress=progress,
         label=f"refit-decoder {source}",
@@ -100,9 +116,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     }
     weights = {key: param.detach() for key, param in params.items()}
     record.write(
-        f"{source}/decoder.safetensors",
-        weights,
-        {"source": source, "vae": files.name or "", "epochs": str(refit.epochs)},
+        quant.decoder, weights, DecoderMeta(source, files.name, refit.epochs).to_metadata()
     )
     metrics = {
         "source": source,
@@ -111,7 +125,6 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "mse_after": after,
         "history": result.history,
     }
-    record.settings = {"refit": json.loads(refit.model_dump_json()), "seed": settings.seed}
     record.finish(metrics)
     rows = [
         [
@@ -132,36 +145,36 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     )
 
 
-def _posthoc_source(run_dir: RunDir, source: str | None) -> str:
+def _posthoc_source(run_dir: RunDir, source: str | None) -> Quantization:
     if not source:
         posthoc = [s for s in list_sources(run_dir) if s.startswith("quant/")]
         raise GeovqError(
             f"--source quant/<name> is required; available: {', '.join(posthoc) or 'none'}"
         )
-    source = source.strip("/")
-    if source.startswith("vqvae/"):
+    quant = Quantization.parse(source)
+    if not quant.posthoc:
         raise GeovqError(
             f"{source} is a VQ-VAE, whose decoder is already trained on its codes; "
             "refit-decoder takes a post-hoc quant/<name> source"
         )
-    if not source.startswith("quant/") or not run_dir.exists(f"{source}/codes.safetensors"):
+    if not run_dir.exists(quant.codes):
         posthoc = [s for s in list_sources(run_dir) if s.startswith("quant/")]
         raise GeovqError(
             f"no post-hoc quantization {source!r} in {run_dir.path}; "
             f"available: {', '.join(posthoc) or 'none (run `geovq quantize` first)'}"
         )
-    return source
+    return quant
 
 
-def _refuse_changed_latents(run_dir: RunDir, name: str, files: VaeFiles, force: bool) -> None:
+def _refuse_changed_latents(reader: Reader, quant: Quantization, files: VaeFiles) -> None:
     """The codes were assigned from the latents recorded by quantize; they must still match."""
     stale = [
         path
-        for path in run_dir.stale_inputs(f"quantize/{name}")
+        for path in reader.run_dir.stale_inputs(quant.key, reader.manifest)
         if path in (files.latents, files.vae)
     ]
-    if stale and not force:
+    if stale and not reader.force:
         raise GeovqError(
-            f"{', '.join(stale)} changed since quant/{name} was fitted; rerun "
-            f"`geovq quantize --name {name} --force` first, or pass --force"
+            f"{', '.join(stale)} changed since {quant.source} was fitted; rerun "
+            f"`geovq quantize --name {quant.name} --force` first, or pass --force"
         )

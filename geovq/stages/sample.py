@@ -15,63 +15,58 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from geovq import GeovqError
-from geovq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig, sample_codes
+from geovq.artifacts import PriorFiles, Quantization, Reader, SamplesFiles, VaeFiles, load_vae
+from geovq.artifacts import load_prior as load_prior_artifact
+from geovq.models.pixelcnn import GatedPixelCNN, sample_codes
 from geovq.progress import NullProgress
-from geovq.rundir import RunDir, atomic_write_bytes
+from geovq.rundir import RunDir, atomic_write_bytes, os_error_message
 from geovq.settings import Settings
-from geovq.stages.loaders import VaeFiles, load_vae
-from geovq.stages.record import StageResult, StageRun
+from geovq.stages.record import StageResult, StageRun, stage
 from geovq.stages.sources import Source, load_source
-from geovq.stages.train_prior import prior_path, require_source
+from geovq.stages.train_prior import require_source
 from geovq.training import resolve_device
 
 GRID_COLUMNS = 8
 
 
-def load_prior(run_dir: RunDir, source: Source, device: torch.device, force: bool) -> GatedPixelCNN:
-    """The source's prior; refuses one trained on other (or since changed) codes."""
-    path = prior_path(source.name)
-    if not run_dir.exists(path):
-        raise GeovqError(
-            f"no prior for {source.name}; run `geovq train-prior --source {source.name}` first"
-        )
-    tensors, metadata = run_dir.load_tensors(path, f"prior of {source.name}")
-    if metadata.get("source") != source.name:
-        raise GeovqError(
-            f"{run_dir.file(path)} was trained on {metadata.get('source')}, not {source.name}"
-        )
-    if metadata.get("source_codes_sha256") != source.codes_sha256 and not force:
-        raise GeovqError(
-            f"the codes of {source.name} changed since its prior was trained; rerun "
-            f"`geovq train-prior --source {source.name}` or pass --force"
-        )
-    model = GatedPixelCNN(PixelCNNConfig.from_json(metadata["config"]))
-    model.load_state_dict(tensors)
-    return model.to(device).eval()
+def load_prior(reader: Reader, source: Source, device: torch.device) -> GatedPixelCNN:
+    """The source's prior, verified; refuses one trained on other (or since changed) codes."""
+    files = PriorFiles(Quantization.parse(source.name))
+    return load_prior_artifact(reader, files, source.codes_sha256, device)
+
+
+def samples_files(settings: Settings) -> SamplesFiles:
+    """Where this sampling's outputs go (from the settings alone: known before any work)."""
+    options = settings.sample
+    if options.mode == "vae":
+        return SamplesFiles(f"vae{VaeFiles(settings.vae.name).suffix}", options.mode)
+    name = options.source
+    if not name:
+        return SamplesFiles("", options.mode)
+    return SamplesFiles(Quantization.parse(name).slug, options.mode)
 
 
 def generate(
-    settings: Settings, run_dir: RunDir, device: torch.device, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor | None, str, dict]:
-    """Images (n, C, H, W) in [0, 1], their codes (or None), the folder slug, extra info."""
+    settings: Settings, reader: Reader, device: torch.device, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Images (n, C, H, W) in [0, 1], their codes (or None), extra info."""
     options = settings.sample
     if options.mode == "vae":
         files = VaeFiles(settings.vae.name)
-        vae, _ = load_vae(run_dir, device, settings.force, files=files)
+        vae, _ = load_vae(reader, device, files)
         z = torch.randn(options.n, vae.config.total_latent_dim, generator=generator, device=device)
         with torch.no_grad():
             images = torch.sigmoid(vae.decode(z)).float().cpu()
-        return images, None, f"vae{files.suffix}", {"decoder": files.vae}
-    name = require_source(run_dir, options.source)
-    source = load_source(run_dir, name, device, settings.force)
+        return images, None, {"decoder": files.vae}
+    source = load_source(reader, options.source, device)
     if options.top_k > source.k:
         raise GeovqError(f"--top-k {options.top_k} is larger than K={source.k}; use 0..{source.k}")
     if options.mode == "random":
         codes = torch.randint(
             source.k, (options.n, *source.grid), generator=generator, device=device
         )
-        return source.decode(codes), codes.cpu(), source.slug, {"decoder": source.decoder}
-    prior = load_prior(run_dir, source, device, settings.force)
+        return source.decode(codes), codes.cpu(), {"decoder": source.decoder}
+    prior = load_prior(reader, source, device)
     labels = _labels(prior, options.class_label, options.n, device)
     codes = sample_codes(
         prior,
@@ -81,38 +76,39 @@ def generate(
         labels=labels,
         generator=generator,
     )
-    return source.decode(codes), codes.cpu(), source.slug, {"decoder": source.decoder}
+    return source.decode(codes), codes.cpu(), {"decoder": source.decoder}
 
 
+@stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
     options = settings.sample
+    if options.mode != "vae":
+        require_source(run_dir, options.source)
+    files = samples_files(settings)
+    record = StageRun(run_dir, files.key, None, device, settings.seed, settings.force)
+    record.settle({"sample": json.loads(options.model_dump_json()), "seed": settings.seed})
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    images, codes, folder, info = generate(settings, run_dir, device, generator)
-    stem = "samples" if options.mode == "prior" else options.mode
-    png = Path(options.out) if options.out else run_dir.file(f"samples/{folder}/{stem}.png")
-    _write_png(images, png)
-    key = f"sample/{folder}/{options.mode}"
-    record = StageRun(
-        run_dir,
-        key,
-        {"sample": json.loads(options.model_dump_json()), "seed": settings.seed},
-        device,
-        settings.seed,
-    )
+    images, codes, info = generate(settings, record, device, generator)
+    png = _png_bytes(images)
     tensors = {"images": images} | ({"codes": codes} if codes is not None else {})
-    record.write(f"samples/{folder}/{stem}.safetensors", tensors, {"mode": options.mode, **info})
+    record.write(files.tensors, tensors, {"mode": options.mode, **info})
+    if options.out is None:
+        record.write_bytes(files.png, png)
+    out = Path(options.out) if options.out else run_dir.file(files.png)
     metrics = {
         "mode": options.mode,
         "n": options.n,
-        "png": str(png),
+        "png": str(out),
         "source": options.source,
         **info,
     }
+    if options.out is not None:
+        _write_png(png, out)
     record.finish(metrics)
     rows = [[k, str(v)] for k, v in metrics.items()]
-    return StageResult(key, metrics, record.outputs, title="sample", rows=rows)
+    return StageResult(files.key, metrics, record.outputs, title="sample", rows=rows)
 
 
 def _labels(prior: GatedPixelCNN, class_label: int | None, n: int, device) -> torch.Tensor | None:
@@ -128,13 +124,18 @@ def _labels(prior: GatedPixelCNN, class_label: int | None, n: int, device) -> to
     return torch.full((n,), class_label, dtype=torch.long, device=device)
 
 
-def _write_png(images: torch.Tensor, path: Path) -> None:
-    """A tiled grid (torchvision make_grid/save_image), written atomically."""
+def _png_bytes(images: torch.Tensor) -> bytes:
+    """A tiled grid (torchvision make_grid/save_image) as PNG bytes."""
     buffer = io.BytesIO()
     save_image(make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=1.0), buffer, format="png")
+    return buffer.getvalue()
+
+
+def _write_png(data: bytes, path: Path) -> None:
+    """``--out``: outside the run directory, written atomically."""
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, data)
     except OSError as error:
         raise GeovqError(
-            f"cannot write {path} ({error.strerror}); choose a writable --out"
+            f"cannot write --out {path}: {os_error_message(error)}; or choose a writable --out"
         ) from None

@@ -7,7 +7,6 @@ the same ``Source``, so the prior, ``sample`` and ``compare`` treat them alike.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -16,6 +15,18 @@ from dataclasses import dataclass
 import torch
 
 from geovq import GeovqError
+from geovq.artifacts import (
+    CodesMeta,
+    Quantization,
+    Reader,
+    VaeFiles,
+    list_quantizations,
+    load_codebook,
+    load_codes,
+    load_refit_decoder,
+    load_vae,
+    load_vqvae,
+)
 from geovq.rundir import RunDir
 
 DECODE_BATCH = 1000
@@ -32,7 +43,7 @@ class Source:
     labels: dict[str, torch.Tensor]
     codes_sha256: str
     decoder: str  # which weights decode the codes (shown in reports)
-    metadata: dict[str, str]
+    metadata: CodesMeta
     _decode_logits: Callable[[torch.Tensor], torch.Tensor]
     # VQ-VAEs can encode new images (e.g. an ``extract --as`` split); post-hoc codes come from
     # ``quantize``, which assigns every split of the latents.
@@ -83,90 +94,71 @@ def slug(name: str) -> str:
 
 
 def list_sources(run_dir: RunDir) -> list[str]:
-    """Every quantization in the run, post-hoc first, each sorted by name."""
-    found = []
-    for family in ("quant", "vqvae"):
-        folder = run_dir.path / family
-        if folder.is_dir():
-            found += [
-                f"{family}/{p.name}"
-                for p in sorted(folder.iterdir())
-                if (p / "codes.safetensors").is_file()
-            ]
-    return found
-
-
-def producer_key(name: str) -> str:
-    family, short = name.split("/", 1)
-    return f"quantize/{short}" if family == "quant" else f"train-vqvae/{short}"
+    """Every quantization recorded in the run, post-hoc first, each sorted by name."""
+    return [quant.source for quant in list_quantizations(run_dir)]
 
 
 def load_source(
-    run_dir: RunDir, name: str, device: torch.device, force: bool = False, use_refit: bool = True
+    reader: Reader | RunDir, name: str, device: torch.device, use_refit: bool = True
 ) -> Source:
-    """Load a quantization by name; a clear error naming the available ones if it is missing.
+    """Load a quantization by name, every file verified; a clear error naming the available
+    ones if it is missing.
 
     A post-hoc source decodes through its refit decoder when it has one, unless ``use_refit``
     is False (to show both).
     """
-    name = name.strip("/")
-    if "/" not in name or name.split("/", 1)[0] not in ("quant", "vqvae"):
+    reader = reader if isinstance(reader, Reader) else Reader(reader)
+    quant = Quantization.parse(name)
+    if not reader.run_dir.exists(quant.codes):
+        available = ", ".join(list_sources(reader.run_dir)) or "none (run `geovq quantize` first)"
         raise GeovqError(
-            f"source {name!r} is not of the form quant/<name> or vqvae/<name>; "
-            f"available: {', '.join(list_sources(run_dir)) or 'none'}"
+            f"source {quant.source} has no codes in {reader.run_dir.path}; available: {available}"
         )
-    codes_path = f"{name}/codes.safetensors"
-    if not run_dir.exists(codes_path):
-        available = ", ".join(list_sources(run_dir)) or "none (run `geovq quantize` first)"
-        raise GeovqError(f"source {name} has no codes in {run_dir.path}; available: {available}")
-    run_dir.check_current(codes_path, producer_key(name), force)
-    tensors, metadata = run_dir.load_tensors(codes_path, f"codes of {name}")
+    tensors, meta = load_codes(reader, quant)
     codes = {key.removesuffix(".codes"): t for key, t in tensors.items() if key.endswith(".codes")}
     labels = {
         key.removesuffix(".labels"): t for key, t in tensors.items() if key.endswith(".labels")
     }
     encode = None
-    if metadata.get("kind") == "posthoc":
-        decode, decoder = _posthoc_decoder(run_dir, name, metadata, device, force, use_refit)
+    if quant.posthoc:
+        decode, decoder = _posthoc_decoder(reader, quant, meta, device, use_refit)
     else:
-        decode, decoder, encode = _vqvae_model(run_dir, name, device)
+        decode, decoder, encode = _vqvae_model(reader, quant, device)
     return Source(
-        name=name,
-        kind=metadata.get("kind", "vqvae"),
-        k=int(metadata["k"]),
-        grid=tuple(json.loads(metadata["grid"])),
-        per_position=metadata.get("per_position") == "true",
+        name=quant.source,
+        kind="posthoc" if quant.posthoc else "vqvae",
+        k=meta.k,
+        grid=meta.grid,
+        per_position=meta.per_position,
         codes=codes,
         labels=labels,
-        codes_sha256=run_dir.sha256(codes_path),
+        codes_sha256=reader.inputs[quant.codes],
         decoder=decoder,
-        metadata=metadata,
+        metadata=meta,
         _decode_logits=decode,
         _encode=encode,
     )
 
 
 def has_refit_decoder(run_dir: RunDir, name: str) -> bool:
-    return run_dir.exists(f"{name}/decoder.safetensors")
+    quant = Quantization.parse(name)
+    return run_dir.exists(quant.decoder)
 
 
 def _posthoc_decoder(
-    run_dir: RunDir, name: str, metadata: dict, device: torch.device, force: bool, use_refit: bool
+    reader: Reader, quant: Quantization, meta: CodesMeta, device: torch.device, use_refit: bool
 ):
     from geovq.quant.codebook import Codebook, codeword_latents
-    from geovq.stages.loaders import VaeFiles, load_vae
 
-    vae, _ = load_vae(run_dir, device, force, files=VaeFiles(metadata.get("vae") or None))
-    tensors, _ = run_dir.load_tensors(f"{name}/codebook.safetensors", f"codebook of {name}")
-    codebook = Codebook(
-        tensors["mu"].to(device), tensors["sigma"].to(device), metadata.get("metric", "")
-    )
-    decoder = "vae.safetensors"
-    refit = f"{name}/decoder.safetensors"
-    if use_refit and run_dir.exists(refit):
-        weights, _ = run_dir.load_tensors(refit, f"refit decoder of {name}")
+    files = VaeFiles(meta.vae)
+    vae, _ = load_vae(reader, device, files)
+    tensors, _ = load_codebook(reader, quant)
+    codebook = Codebook(tensors["mu"].to(device), tensors["sigma"].to(device), meta.metric or "")
+    decoder = files.vae
+    if use_refit and reader.run_dir.exists(quant.decoder):
+        weights = load_refit_decoder(reader, quant)
         vae.load_state_dict({**vae.state_dict(), **{k: v.to(device) for k, v in weights.items()}})
-        decoder = refit
+        decoder = quant.decoder
 
     def decode(codes: torch.Tensor) -> torch.Tensor:
         latents = codeword_latents(codebook, codes.reshape(codes.shape[0], -1).to(device))
@@ -175,13 +167,8 @@ def _posthoc_decoder(
     return decode, decoder
 
 
-def _vqvae_model(run_dir: RunDir, name: str, device: torch.device):
-    from geovq.models.vqvae import VQVAE, VQVAEConfig
-
-    tensors, metadata = run_dir.load_tensors(f"{name}/model.safetensors", f"model of {name}")
-    model = VQVAE(VQVAEConfig.from_json(metadata["config"]))
-    model.load_state_dict(tensors)
-    model.to(device).eval()
+def _vqvae_model(reader: Reader, quant: Quantization, device: torch.device):
+    model, _ = load_vqvae(reader, quant, device)
 
     def decode(codes: torch.Tensor) -> torch.Tensor:
         return model.decode_codes(codes.to(device))
@@ -189,4 +176,4 @@ def _vqvae_model(run_dir: RunDir, name: str, device: torch.device):
     def encode(images_u8: torch.Tensor) -> torch.Tensor:
         return model.codes_for(images_u8.to(device).float() / 255.0)
 
-    return decode, f"{name}/model.safetensors", encode
+    return decode, quant.model, encode

@@ -14,23 +14,24 @@ import torch
 import torch.nn.functional as F
 
 from geovq import GeovqError
+from geovq.artifacts import PriorFiles, PriorMeta, Quantization
 from geovq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig, code_nll_bits, unigram_bits
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Settings
-from geovq.stages.record import StageResult, StageRun, fmt
-from geovq.stages.sources import Source, list_sources, load_source, slug
+from geovq.stages.record import StageResult, StageRun, fmt, stage
+from geovq.stages.sources import Source, list_sources, load_source
 from geovq.training import TrainConfig, resolve_device, train
 
 EVAL_BATCH = 1000
 
 
 def prior_path(source_name: str) -> str:
-    return f"prior/{slug(source_name)}.safetensors"
+    return PriorFiles(Quantization.parse(source_name)).path
 
 
 def stage_key(source_name: str) -> str:
-    return f"train-prior/{slug(source_name)}"
+    return PriorFiles(Quantization.parse(source_name)).key
 
 
 def require_source(run_dir: RunDir, name: str | None) -> str:
@@ -40,17 +41,19 @@ def require_source(run_dir: RunDir, name: str | None) -> str:
     raise GeovqError(f"--source is required (quant/<name> or vqvae/<name>); available: {available}")
 
 
+@stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
     name = require_source(run_dir, settings.prior.source)
-    source = load_source(run_dir, name, device, settings.force)
+    files = PriorFiles(Quantization.parse(name))
+    record = StageRun(run_dir, files.key, None, device, settings.seed, settings.force)
+    record.settle(_recorded(settings), resume=settings.prior.resume)
+    source = load_source(record, name, device)
     for split in ("train", "test"):
         if split not in source.codes:
             raise GeovqError(f"source {name} has no {split} codes; rerun the stage that wrote it")
-    record = StageRun(run_dir, stage_key(name), _recorded(settings), device, settings.seed)
-    record.inputs[f"{name}/codes.safetensors"] = source.codes_sha256
     num_classes = _num_classes(source) if settings.prior.conditional else 0
     config = PixelCNNConfig(
         num_codes=source.k,
@@ -87,18 +90,14 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         evaluate,
         TrainConfig(prior.epochs, prior.batch_size, prior.lr, settings.seed, prior.resume),
         run_dir,
-        f"checkpoints/prior-{slug(name)}.safetensors",
+        files.checkpoint,
         progress=progress,
         label=f"train-prior {name}",
     )
     bits = split_bits_per_code(model, test_codes, test_labels)
     baselines = code_baselines(source)
-    metadata = {
-        "config": config.to_json(),
-        "source": name,
-        "source_codes_sha256": source.codes_sha256,
-    }
-    record.write(prior_path(name), model.state_dict(), metadata)
+    meta = PriorMeta(json.loads(config.to_json()), source.name, source.codes_sha256)
+    record.write(files.path, model.state_dict(), meta.to_metadata())
     metrics = {
         "source": name,
         "bits_per_code": bits,
@@ -119,7 +118,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         ["uniform", fmt(baselines["uniform_bits_per_code"]), fmt(source.bits_per_image)],
     ]
     return StageResult(
-        stage_key(name),
+        files.key,
         metrics,
         record.outputs,
         title=f"train-prior {name}: test NLL",

@@ -7,13 +7,13 @@ import json
 import torch
 
 from geovq import GeovqError
+from geovq.artifacts import VaeFiles, VaeMeta
 from geovq.data import Dataset, load_dataset, to_float
 from geovq.models.vae import VAE, VAEConfig, kl_divergence, recon_kind, reconstruction_loss
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Settings
-from geovq.stages.loaders import VaeFiles
-from geovq.stages.record import StageResult, StageRun, fmt
+from geovq.stages.record import StageResult, StageRun, fmt, stage
 from geovq.training import TrainConfig, resolve_device, train
 
 EVAL_BATCH = 1000
@@ -37,15 +37,17 @@ def vae_config(settings: Settings, dataset: Dataset) -> VAEConfig:
     )
 
 
+@stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
+    files = VaeFiles(settings.vae.name)
     device = resolve_device(settings.device)
+    record = StageRun(run_dir, files.train_key, None, device, settings.seed, settings.force)
     dataset = load_dataset(settings.data)
     config = vae_config(settings, dataset)
     recon = recon_kind(settings.vae.recon_loss, config.channels)
-    files = VaeFiles(settings.vae.name)
-    record = StageRun(run_dir, files.train_key, _recorded_settings(settings), device, settings.seed)
+    record.settle(_recorded_settings(settings), resume=settings.vae.resume)
 
     torch.manual_seed(settings.seed)
     model = VAE(config).to(device)
@@ -82,12 +84,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         label=f"train-vae{files.flag}",
     )
     final = result.history[-1] if result.history else {}
-    metadata = {
-        "config": config.to_json(),
-        "recon_loss": recon,
-        "data": settings.data.model_dump_json(),
-    }
-    record.write(files.vae, model.state_dict(), metadata)
+    meta = VaeMeta(json.loads(config.to_json()), recon, json.loads(settings.data.model_dump_json()))
+    record.write(files.vae, model.state_dict(), meta.to_metadata())
     metrics = {
         "test_loss": final.get("test_loss"),
         "test_mse_per_pixel": final.get("test_mse_per_pixel"),

@@ -11,6 +11,7 @@ import json
 import torch
 
 from geovq import GeovqError
+from geovq.artifacts import CodesMeta, ModelMeta, Quantization, first_trained_record, recorded_data
 from geovq.data import Dataset, load_dataset, to_float
 from geovq.metrics import mse_per_pixel, summarize_codes
 from geovq.models.vae import recon_kind
@@ -18,8 +19,7 @@ from geovq.models.vqvae import VQVAE, VQVAEConfig, validate_config, vqvae_loss
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import DataSettings, Settings, parse_grid
-from geovq.stages.loaders import first_trained_record
-from geovq.stages.record import StageResult, StageRun, fmt
+from geovq.stages.record import StageResult, StageRun, fmt, stage
 from geovq.training import TrainConfig, resolve_device, train
 
 KMEANS_INIT_IMAGES = 2048
@@ -32,29 +32,21 @@ def default_name(settings: Settings) -> str:
 
 
 def stage_key(name: str) -> str:
-    return f"train-vqvae/{name}"
+    return Quantization("vqvae", name).key
 
 
+@stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
     progress = progress or NullProgress()
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
-    name = default_name(settings)
-    folder = f"vqvae/{name}"
-    if (
-        run_dir.exists(f"{folder}/model.safetensors")
-        and not settings.force
-        and not settings.vqvae.resume
-    ):
-        raise GeovqError(
-            f"{run_dir.file(folder)} already exists; pass --force to retrain it or --name NEW"
-        )
-    data_settings = _data_settings(run_dir, settings)
+    quant = Quantization("vqvae", default_name(settings))
+    name = quant.name
+    record = StageRun(run_dir, quant.key, None, device, settings.seed, settings.force)
+    data_settings = _data_settings(record, settings)
     dataset = load_dataset(data_settings)
     config = _config(settings, dataset)
-    record = StageRun(
-        run_dir, stage_key(name), _recorded(settings, data_settings), device, settings.seed
-    )
+    record.settle(_recorded(settings, data_settings), resume=settings.vqvae.resume)
 
     model = VQVAE(config, seed=settings.seed).to(device)
     images = {split: data.images.to(device) for split, data in dataset.splits.items()}
@@ -80,37 +72,25 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         evaluate,
         TrainConfig(vq.epochs, vq.batch_size, vq.lr, settings.seed, vq.resume),
         run_dir,
-        f"checkpoints/vqvae-{name}.safetensors",
+        quant.checkpoint,
         progress=progress,
         label=f"train-vqvae {name}",
     )
 
-    meta = {
-        "config": config.to_json(),
-        "recon_loss": recon,
-        "data": data_settings.model_dump_json(),
-    }
-    record.write(f"{folder}/model.safetensors", model.state_dict(), meta)
-    codebook = model.quantizer.codebook.detach()
-    record.write(
-        f"{folder}/codebook.safetensors",
-        {"codebook": codebook},
-        {"kind": "vqvae", "k": str(config.k)},
+    meta = ModelMeta(
+        json.loads(config.to_json()), recon, json.loads(data_settings.model_dump_json())
     )
+    record.write(quant.model, model.state_dict(), meta.to_metadata())
+    codes_meta = CodesMeta(kind="vqvae", k=config.k, grid=config.grid, source=quant.source)
+    codebook = model.quantizer.codebook.detach()
+    record.write(quant.codebook, {"codebook": codebook}, codes_meta.to_metadata())
     codes, split_metrics = {}, {}
     for split, split_images in images.items():
         split_codes = codes_for_split(model, split_images)
         codes[f"{split}.codes"] = split_codes
         codes[f"{split}.labels"] = dataset.splits[split].labels
         split_metrics[split] = evaluate_split(model, split_images, split_codes)
-    codes_meta = {
-        "kind": "vqvae",
-        "k": str(config.k),
-        "grid": json.dumps(list(config.grid)),
-        "per_position": "false",
-        "source": folder,
-    }
-    record.write(f"{folder}/codes.safetensors", codes, codes_meta)
+    record.write(quant.codes, codes, codes_meta.to_metadata())
     metrics = {
         "name": name,
         "kind": "vqvae",
@@ -175,9 +155,10 @@ def _init_codebook_by_kmeans(model: VQVAE, train_images: torch.Tensor, seed: int
     model.quantizer.init_codebook(centers.to(z_e))
 
 
-def _data_settings(run_dir: RunDir, settings: Settings) -> DataSettings:
+def _data_settings(reader: StageRun, settings: Settings) -> DataSettings:
     """The run's dataset (from train-vae) unless the run has none; then --dataset is needed."""
-    record = first_trained_record(run_dir)
+    run_dir = reader.run_dir
+    record = first_trained_record(reader.manifest)
     explicit = "dataset" in settings.data.model_fields_set
     if record is None:
         if not explicit:
@@ -186,7 +167,7 @@ def _data_settings(run_dir: RunDir, settings: Settings) -> DataSettings:
                 "(e.g. --dataset mnist5k) or run `geovq train-vae` first"
             )
         return settings.data
-    recorded = DataSettings(**record["settings"]["data"])
+    recorded = recorded_data(record, str(run_dir.manifest_path))
     if explicit and settings.data.dataset != recorded.dataset:
         raise GeovqError(
             f"--dataset {settings.data.dataset} differs from the run's {recorded.dataset}; a fair "

@@ -46,7 +46,7 @@ def test_quantize_writes_codebook_codes_and_metrics(tiny_run, metric):
     c = codes["test.codes"].view(64, 8)
     expected = w2_sq(mu, sigma, codebook["mu"][c].double(), codebook["sigma"][c].double()).mean()
     assert test["distortion"] == pytest.approx(float(expected), rel=1e-6)
-    assert meta["kind"] == "posthoc" and json.loads(meta["grid"]) == [2, 4]
+    assert meta["kind"] == "posthoc" and meta["grid"] == [2, 4]
 
 
 def test_w2_test_codes_are_the_nearest_codeword(tiny_run):
@@ -80,7 +80,7 @@ def test_per_position_codebooks(tiny_run):
     codebook, meta = RunDir(tiny_run).load_tensors(
         "quant/w2-k8-pp/codebook.safetensors", "codebook"
     )
-    assert codebook["mu"].shape == (8, 8, 4) and meta["per_position"] == "true"
+    assert codebook["mu"].shape == (8, 8, 4) and meta["per_position"] is True
 
 
 def test_same_seed_same_codebook_and_codes(tiny_run):
@@ -126,9 +126,12 @@ def test_no_latents(tmp_path, tiny_run):
 
 
 def test_existing_name_needs_force(tiny_run):
-    assert cli("quantize", "--run-dir", tiny_run, "--k", "8", *BASE).exit_code == 0
+    args = ("quantize", "--run-dir", tiny_run, "--k", "8", "--name", "x")
+    assert cli(*args, *BASE).exit_code == 0
     before = snapshot(tiny_run)
-    result = cli("quantize", "--run-dir", tiny_run, "--k", "8")
+    same = cli(*args, "--json", "--device", "cpu")  # identical settings and inputs: a no-op
+    assert same.exit_code == 0 and "is current" in json.loads(same.stdout)["notes"][0]
+    result = cli("quantize", "--run-dir", tiny_run, "--k", "4", "--name", "x")
     assert result.exit_code != 0 and "--force" in result.stderr
     assert snapshot(tiny_run) == before
 

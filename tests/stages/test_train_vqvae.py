@@ -19,9 +19,9 @@ def test_grids_and_saved_codes_are_the_argmin(tiny_run, grid, shape):
     name = f"vqvae/vqvae-{grid}-k16"
     codes, meta = run.load_tensors(f"{name}/codes.safetensors", "codes")
     assert codes["train.codes"].shape == (64, *shape) and codes["test.codes"].dtype == torch.int64
-    assert json.loads(meta["grid"]) == list(shape) and meta["kind"] == "vqvae"
+    assert meta["grid"] == list(shape) and meta["kind"] == "vqvae"
     weights, model_meta = run.load_tensors(f"{name}/model.safetensors", "model")
-    model = VQVAE(VQVAEConfig.from_json(model_meta["config"]))
+    model = VQVAE(VQVAEConfig(**model_meta["config"]))
     model.load_state_dict(weights)
     codebook = run.load_tensors(f"{name}/codebook.safetensors", "codebook")[0]["codebook"]
     from geovq.data import load_dataset
@@ -85,9 +85,11 @@ def test_bad_input(tiny_run, args, needle):
 
 
 def test_existing_name_needs_force(tiny_run):
-    args = ("train-vqvae", "--run-dir", tiny_run, "--grid", "2x4", "--k", "8", "--name", "x", *TINY)
-    assert cli(*args).exit_code == 0
+    args = ("train-vqvae", "--run-dir", tiny_run, "--grid", "2x4", "--name", "x", *TINY)
+    assert cli(*args, "--k", "8").exit_code == 0
     before = snapshot(tiny_run)
-    result = cli(*args)
+    assert cli(*args, "--k", "8").exit_code == 0  # identical: current, nothing rewritten
+    assert snapshot(tiny_run) == before
+    result = cli(*args, "--k", "4")
     assert result.exit_code != 0 and "--force" in result.stderr
     assert snapshot(tiny_run) == before
