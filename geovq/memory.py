@@ -59,3 +59,13 @@ def images_bytes(n: int, image_shape: tuple[int, ...], copies: int = 4) -> float
 def training_bytes(parameters: float, activations_per_example: float, batch: int) -> float:
     """Adam training: four copies of the weights plus a batch's activations (and gradients)."""
     return parameters * FLOAT * ADAM_COPIES + 2 * activations_per_example * batch * FLOAT
+
+
+def pixelcnn_parameters(hidden: int, layers: int, num_codes: int) -> float:
+    """About 50 h^2 weights per gated layer (vertical, horizontal, gates), plus the head."""
+    return layers * 50.0 * hidden * hidden + 2.0 * hidden * num_codes + hidden * hidden
+
+
+def pixelcnn_activations(hidden: int, layers: int, positions: int, num_codes: int) -> float:
+    """Floats one example keeps through a forward pass: a few (h, H, W) maps per layer."""
+    return positions * (layers * 8.0 * hidden + num_codes)

@@ -326,7 +326,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         try:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise GeovqError(f"config file {path} is not valid UTF-8 TOML: {error}") from None
+            raise GeovqError(f"config file {path} is not valid TOML in UTF-8: {error}") from None
         except OSError as error:
             raise GeovqError(f"cannot read config file {path} ({error.strerror})") from None
         for key, value in values.items():

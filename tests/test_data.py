@@ -113,3 +113,56 @@ def test_image_folder_errors(tmp_path):
 
 # CIFAR-10's on-disk format is pickled batches checked by md5 against the real files, so
 # generated files cannot pass torchvision's integrity check; its loader is not file-tested.
+
+
+def test_a_directory_symlink_loop_is_not_followed(tmp_path):
+    _write_pngs(tmp_path / "imgs", per_class=2)
+    (tmp_path / "imgs" / "a" / "up").symlink_to("..")  # a/up -> imgs: a loop
+    dataset = load_dataset(DataSettings(dataset=f"folder:{tmp_path / 'imgs'}"))
+    assert sum(len(split) for split in dataset.splits.values()) == 4
+    assert sorted(torch.cat([s.labels for s in dataset.splits.values()]).tolist()) == [0, 0, 1, 1]
+
+
+def test_folder_errors_name_the_real_problem(tmp_path):
+    _write_pngs(tmp_path / "imgs", per_class=1, classes=("a",))
+    image = tmp_path / "imgs" / "a" / "0.png"
+    with pytest.raises(GeovqError, match="is a file"):
+        load_dataset(DataSettings(dataset=f"folder:{image}"))
+    with pytest.raises(GeovqError, match="holds 1 image"):
+        load_dataset(DataSettings(dataset=f"folder:{tmp_path / 'imgs'}"))
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(GeovqError, match="no images") as caught:
+        load_dataset(DataSettings(dataset=f"folder:{tmp_path / 'empty'}"))
+    assert "{root}" not in str(caught.value) and str(tmp_path / "empty") in str(caught.value)
+
+
+def _broken_folder(tmp_path, name, write):
+    _write_pngs(tmp_path / name, per_class=2)
+    write(tmp_path / name / "a" / "bad.png")
+    return DataSettings(dataset=f"folder:{tmp_path / name}")
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: p.write_bytes(b"not a png at all"),
+        lambda p: p.write_bytes((p.parent / "0.png").read_bytes()[:40]),  # truncated
+        lambda p: (p.symlink_to(p.parent / "loop.png"), (p.parent / "loop.png").symlink_to(p)),
+        # A PNG claiming 20000 x 20000 pixels: over PIL's decompression-bomb limit.
+        lambda p: p.write_bytes(
+            b"\x89PNG\r\n\x1a\n"
+            + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+        ),
+    ],
+    ids=["garbage", "truncated", "symlink-loop", "bomb"],
+)
+def test_a_bad_image_names_the_file(tmp_path, write):
+    settings = _broken_folder(tmp_path, "imgs", write)
+    with pytest.raises(GeovqError, match="bad.png"):
+        load_dataset(settings)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -89,3 +89,34 @@ def test_parse_grid():
     assert parse_grid("7x7") == (7, 7)
     with pytest.raises(GeovqError):
         parse_grid("0x4")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"quantize = 5\n", "not a table"),  # was silently ignored
+        (b"\xff\xfe[vae]\n", "UTF-8"),
+    ],
+)
+def test_config_shapes_and_encoding_are_checked(tmp_path, content, needle):
+    (tmp_path / "geovq.toml").write_bytes(content)
+    with pytest.raises(GeovqError, match=needle):
+        load_settings({"run_dir": tmp_path})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("GEOVQ_STUDY__METRICS", "w2"), ("GEOVQ_QUANTIZE", "{bad json")],
+)
+def test_malformed_environment_is_one_clear_error(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(GeovqError, match="GEOVQ_") as error:
+        load_settings()
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 99999999999999999999999])
+def test_seed_outside_64_bits_is_refused(seed):
+    with pytest.raises(GeovqError, match="--seed"):
+        load_settings({"seed": seed})
+    assert load_settings({"seed": 2**63 - 1}).seed == 2**63 - 1

@@ -66,3 +66,37 @@ def test_resume_without_checkpoint(tmp_path):
 def test_loss_decreases(tmp_path):
     _, result = _run(tmp_path, epochs=20)
     assert result.history[-1]["train_loss"] < 0.5 * result.history[0]["train_loss"]
+
+
+def test_ctrl_c_in_the_first_epoch_does_not_offer_resume(tmp_path):
+    def interrupt(epoch):
+        raise KeyboardInterrupt  # before the first epoch's checkpoint is written
+
+    with pytest.raises(Interrupted, match="nothing was kept") as caught:
+        _run(tmp_path, epochs=3, on_epoch_end=interrupt)
+    assert "--resume to continue" not in str(caught.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_non_finite_loss_stops_at_once_and_writes_nothing(tmp_path):
+    model, data, _ = _problem()
+
+    def step(batch, generator):
+        loss = ((model(batch[0]) - batch[1]) ** 2).mean()
+        return loss * float("inf"), {"loss": loss}
+
+    with pytest.raises(GeovqError, match=r"epoch 1, step 1; nothing was written\. Lower --lr"):
+        _run(tmp_path, epochs=2, model_and_data=(model, data, step))
+    assert not tmp_path.exists() or not any(tmp_path.rglob("*.safetensors"))
+
+
+def test_nan_training_through_the_cli_is_one_line_and_writes_nothing(tiny_run):
+    from tests.helpers import cli, tree_digest
+
+    before = tree_digest(tiny_run)
+    args = ("--limit", "16", "--batch-size", "4", "--epochs", "1", "--lr", "1e10", "--vae", "nan")
+    result = cli("train-vae", "--run-dir", tiny_run, "--device", "cpu", "-q", *args)
+    assert result.exit_code == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "train-vae --vae nan" in result.stderr and "--lr" in result.stderr
+    assert tree_digest(tiny_run) == before

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from geovq import GeovqError
+from geovq import GeovqError, memory
 from geovq.artifacts import (
     REPORT_CLASSIFIER,
     REPORT_DIR,
@@ -79,6 +79,13 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         )
     record.settle({"compare": json.loads(options.model_dump_json()), "seed": settings.seed})
     data = _run_images(record)
+    image_shape = tuple(data.images["train"].shape[1:])
+    memory.require(
+        memory.images_bytes(options.samples, image_shape, copies=8),
+        device,
+        f"compare --samples {options.samples}",
+        "use a smaller --samples",
+    )
     sources = _load_sources(record, names, data, device)
     missing = [s.label for s in sources if options.split not in s.codes]
     sources = [s for s in sources if options.split in s.codes]

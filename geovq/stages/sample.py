@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from geovq import GeovqError
+from geovq import GeovqError, memory
 from geovq.artifacts import PriorFiles, Quantization, Reader, SamplesFiles, VaeFiles, load_vae
 from geovq.artifacts import load_prior as load_prior_artifact
 from geovq.models.pixelcnn import GatedPixelCNN, sample_codes
@@ -54,6 +54,8 @@ def generate(
     if options.mode == "vae":
         files = VaeFiles(settings.vae.name)
         vae, _ = load_vae(reader, device, files)
+        shape = (vae.config.channels, vae.config.height, vae.config.width)
+        _check_memory(options.n, shape, 0.0, device)
         z = torch.randn(options.n, vae.config.total_latent_dim, generator=generator, device=device)
         with torch.no_grad():
             images = torch.sigmoid(vae.decode(z)).float().cpu()
@@ -61,12 +63,20 @@ def generate(
     source = load_source(reader, options.source, device)
     if options.top_k > source.k:
         raise GeovqError(f"--top-k {options.top_k} is larger than K={source.k}; use 0..{source.k}")
+    shape = tuple(source.decode(torch.zeros(1, *source.grid, dtype=torch.long)).shape[1:])
+    prior_floats = 0.0
+    if options.mode == "prior":
+        prior = load_prior(reader, source, device)
+        config = prior.config
+        prior_floats = memory.pixelcnn_activations(
+            config.hidden, config.layers, source.positions, config.num_codes
+        )
+    _check_memory(options.n, shape, prior_floats, device)
     if options.mode == "random":
         codes = torch.randint(
             source.k, (options.n, *source.grid), generator=generator, device=device
         )
         return source.decode(codes), codes.cpu(), {"decoder": source.decoder}
-    prior = load_prior(reader, source, device)
     labels = _labels(prior, options.class_label, options.n, device)
     codes = sample_codes(
         prior,
@@ -109,6 +119,12 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     record.finish(metrics)
     rows = [[k, str(v)] for k, v in metrics.items()]
     return StageResult(files.key, metrics, record.outputs, title="sample", rows=rows)
+
+
+def _check_memory(n: int, image_shape: tuple, prior_floats: float, device) -> None:
+    """--n images at once (and the prior's activations while it samples them) must fit."""
+    need = memory.images_bytes(n, image_shape) + n * prior_floats * memory.FLOAT
+    memory.require(need, device, f"sample --n {n}", "use a smaller --n")
 
 
 def _labels(prior: GatedPixelCNN, class_label: int | None, n: int, device) -> torch.Tensor | None:

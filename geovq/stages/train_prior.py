@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from geovq import GeovqError
+from geovq import GeovqError, memory
 from geovq.artifacts import PriorFiles, PriorMeta, Quantization
 from geovq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig, code_nll_bits, unigram_bits
 from geovq.progress import NullProgress
@@ -62,6 +62,18 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         hidden=settings.prior.hidden,
         layers=settings.prior.layers,
         num_classes=num_classes,
+    )
+    memory.require(
+        memory.training_bytes(
+            memory.pixelcnn_parameters(config.hidden, config.layers, config.num_codes),
+            memory.pixelcnn_activations(
+                config.hidden, config.layers, source.positions, config.num_codes
+            ),
+            settings.prior.batch_size,
+        ),
+        device,
+        f"a prior with --hidden {config.hidden} and --layers {config.layers}",
+        "use a smaller --hidden, --layers or --batch-size",
     )
     if not config.covers_past:
         progress.log(

@@ -6,9 +6,10 @@ import json
 
 import torch
 
-from geovq import GeovqError
+from geovq import GeovqError, memory
 from geovq.artifacts import VaeFiles, VaeMeta
 from geovq.data import Dataset, load_dataset, to_float
+from geovq.models.blocks import TRUNK_CHANNELS
 from geovq.models.vae import VAE, VAEConfig, kl_divergence, recon_kind, reconstruction_loss
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
@@ -48,6 +49,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     config = vae_config(settings, dataset)
     recon = recon_kind(settings.vae.recon_loss, config.channels)
     record.settle(_recorded_settings(settings), resume=settings.vae.resume)
+    _check_memory(config, settings.vae.batch_size, device)
 
     torch.manual_seed(settings.seed)
     model = VAE(config).to(device)
@@ -122,6 +124,20 @@ def evaluate_vae(
         sq_err += float(((torch.sigmoid(model.decode(mu)) - images) ** 2).sum())
     pixels = images_u8[0].numel() * n
     return {"test_loss": loss / n, "test_kl": kl / n, "test_mse_per_pixel": sq_err / pixels}
+
+
+def _check_memory(config: VAEConfig, batch_size: int, device: torch.device) -> None:
+    """The flat latent's two linear layers hold 3 x D x (256 h w) weights: --latent-dim sets it."""
+    h, w = config.grid
+    features = TRUNK_CHANNELS * h * w
+    parameters = 3.0 * config.total_latent_dim * features + 4e5
+    activations = 4.0 * features + 2.0 * config.total_latent_dim
+    memory.require(
+        memory.training_bytes(parameters, activations, batch_size),
+        device,
+        f"train-vae with a latent of {config.total_latent_dim} dims",
+        "use a smaller --latent-dim",
+    )
 
 
 def _recorded_settings(settings: Settings) -> dict:

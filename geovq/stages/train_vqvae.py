@@ -10,7 +10,7 @@ import json
 
 import torch
 
-from geovq import GeovqError
+from geovq import GeovqError, memory
 from geovq.artifacts import CodesMeta, ModelMeta, Quantization, first_trained_record, recorded_data
 from geovq.data import Dataset, load_dataset, to_float
 from geovq.metrics import mse_per_pixel, summarize_codes
@@ -47,6 +47,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     dataset = load_dataset(data_settings)
     config = _config(settings, dataset)
     record.settle(_recorded(settings, data_settings), resume=settings.vqvae.resume)
+    _check_memory(config, settings.vqvae.batch_size, device)
 
     model = VQVAE(config, seed=settings.seed).to(device)
     images = {split: data.images.to(device) for split, data in dataset.splits.items()}
@@ -198,6 +199,20 @@ def _config(settings: Settings, dataset: Dataset) -> VQVAEConfig:
     except ValueError as error:
         raise GeovqError(f"{error} (--grid {vq.grid})") from None
     return config
+
+
+def _check_memory(config: VQVAEConfig, batch_size: int, device: torch.device) -> None:
+    """The codebook (with its EMA copies) and a batch's distances to every codeword grow with
+    K; k-means initialisation adds a distance matrix of its own."""
+    positions = config.grid[0] * config.grid[1]
+    codebook = 4.0 * config.k * config.codebook_dim + config.k
+    distances = 3.0 * batch_size * positions * config.k
+    memory.require(
+        (codebook * memory.ADAM_COPIES + distances) * memory.FLOAT,
+        device,
+        f"train-vqvae with --k {config.k}",
+        "use a smaller --k",
+    )
 
 
 def _recorded(settings: Settings, data: DataSettings) -> dict:
