@@ -256,7 +256,7 @@ class RunDir:
 
     def manifest(self) -> dict[str, Any]:
         """The manifest, validated; an empty one when the run has none yet."""
-        if not self.manifest_path.is_file():
+        if not self.manifest_path.exists() and not self.manifest_path.is_symlink():
             return empty_manifest()
         return _parse_manifest(read_file(self.manifest_path), self.manifest_path)
 

@@ -31,7 +31,7 @@ from geovq.stages import (
     train_vae,
     train_vqvae,
 )
-from geovq.stages.record import StageResult
+from geovq.stages.record import StageResult, replacing
 from geovq.stages.sources import slug
 
 FAMILIES: tuple[str, ...] = get_args(StageFamily)
@@ -89,7 +89,8 @@ def plan(settings: Settings) -> list[Step]:
     """The study's stages in order, each with the settings it runs with."""
     steps: list[Step] = []
     study = settings.study
-    forced = settings.model_copy(update={"force": True})
+    # Stages run unforced: inputs stay verified; ``run`` lets them replace what they redo.
+    base = settings
 
     def add(key, family, stage, step_settings, sections=(), deps=()):
         steps.append(Step(key, family, stage.run, step_settings, sections, list(deps)))
@@ -100,7 +101,7 @@ def plan(settings: Settings) -> list[Step]:
         latents.append(("spatial", "spatial", study.spatial_metrics))
     for vae_name, layout, metrics in latents:
         files = VaeFiles(vae_name)
-        vae_settings = _with(forced, vae={"name": vae_name, "latent": layout})
+        vae_settings = _with(base, vae={"name": vae_name, "latent": layout})
         add(files.train_key, "train-vae", train_vae, vae_settings, ("data", "vae"))
         add(files.extract_key, "extract", extract, vae_settings, (), [files.train_key])
         variants = [(m, "shared") for m in metrics]
@@ -131,20 +132,20 @@ def plan(settings: Settings) -> list[Step]:
                 producer = refit_decoder.stage_key(name)
             sources.append((f"quant/{name}", producer))
     for grid in study.vqvae_grids:
-        vq = _with(forced, vqvae={"grid": grid, "name": None})
+        vq = _with(base, vqvae={"grid": grid, "name": None})
         name = train_vqvae.default_name(vq)
         add(train_vqvae.stage_key(name), "train-vqvae", train_vqvae, vq, ("data", "vqvae"))
         sources.append((f"vqvae/{name}", train_vqvae.stage_key(name)))
     if study.priors:
         for source, producer in sources:
-            p = _with(forced, prior={"source": source})
+            p = _with(base, prior={"source": source})
             add(
                 train_prior.stage_key(source), "train-prior", train_prior, p, ("prior",), [producer]
             )
-            s = _with(forced, sample={"source": source, "mode": "prior", "out": None})
+            s = _with(base, sample={"source": source, "mode": "prior", "out": None})
             key = f"sample/{slug(source)}/prior"
             add(key, "sample", sample, s, ("sample",), [train_prior.stage_key(source), producer])
-    add("compare", "compare", compare, forced, ("compare",), [step.key for step in steps])
+    add("compare", "compare", compare, base, ("compare",), [step.key for step in steps])
     return steps
 
 
@@ -163,7 +164,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
             report.append({"stage": step.key, "status": "current", "seconds": 0.0})
             continue
         started = time.perf_counter()
-        step.run(step.settings, progress)
+        with replacing():
+            step.run(step.settings, progress)
         ran.add(step.key)
         seconds = round(time.perf_counter() - started, 1)
         report.append({"stage": step.key, "status": "ran", "seconds": seconds})

@@ -9,11 +9,12 @@ and turns "already current" into a result.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,18 @@ class Current(Exception):
 _open_runs: contextvars.ContextVar[list[StageRun] | None] = contextvars.ContextVar(
     "geovq_open_runs", default=None
 )
+_replacing: contextvars.ContextVar[bool] = contextvars.ContextVar("geovq_replacing", default=False)
+
+
+@contextlib.contextmanager
+def replacing() -> Iterator[None]:
+    """Let stages replace outputs without --force (``geovq run`` redoing a stage it found not
+    current), while their inputs are still verified."""
+    token = _replacing.set(True)
+    try:
+        yield
+    finally:
+        _replacing.reset(token)
 
 
 def stage(run: Callable[..., StageResult]) -> Callable[..., StageResult]:
@@ -140,7 +153,7 @@ class StageRun(Reader):
         settings, outputs and inputs unchanged) is a no-op that says it is current."""
         self.settings = json.loads(json.dumps(settings, default=str))
         recorded = self.record_of(self.key)
-        if recorded is None or self.force or resume:
+        if recorded is None or self.force or resume or _replacing.get():
             return
         if recorded.get("settings") == self.settings and self.run_dir.outputs_current(
             self.key, self.manifest
