@@ -80,6 +80,7 @@ def fit_codebook(
     tol: float = 1e-4,
     knn: int = 10,
     edge_weight: str = "w2",
+    device: torch.device | str | None = None,
 ) -> QuantizerFit:
     """Fit a codebook of K codewords on chunk Gaussians mu, sigma (N, L, C).
 
@@ -87,7 +88,8 @@ def fit_codebook(
     euclidean/w2: k-means (restarts, iters, tol as in `kmeans`) on mu or [mu, sigma];
     codewords are the cluster means of mu and sigma. geodesic: k-medoids on the kNN graph
     (knn, edge_weight; iters, tol, restarts as in `geodesic_kmedoids`); codewords are
-    the medoid chunks.
+    the medoid chunks. A non-CPU `device` (a GPU) runs k-means, the code assignment and the
+    kNN graph's neighbour search there; everything returned is on the CPU.
     """
     _check_chunks(mu, sigma)
     check_metric(metric)
@@ -102,7 +104,7 @@ def fit_codebook(
         groups = [(mu[:, position], sigma[:, position]) for position in range(positions)]
     else:
         groups = [(mu.reshape(-1, mu.shape[-1]), sigma.reshape(-1, sigma.shape[-1]))]
-    settings = _FitSettings(restarts, iters, tol, knn, edge_weight)
+    settings = _FitSettings(restarts, iters, tol, knn, edge_weight, device)
     fits = [
         _fit_group(group_mu, group_sigma, k, metric, seed + index, settings)
         for index, (group_mu, group_sigma) in enumerate(groups)
@@ -140,6 +142,7 @@ class _FitSettings:
     tol: float
     knn: int
     edge_weight: str
+    device: torch.device | str | None
 
 
 @dataclass
@@ -168,6 +171,7 @@ def _fit_group(
         iters=settings.iters,
         tol=settings.tol,
         seed=seed,
+        device=settings.device,
     )
     if metric == "w2":  # the centroid in [mu, sigma] is the W2 barycenter
         code_mu, code_sigma = result.centers.split(mu.shape[1], dim=1)
@@ -177,7 +181,9 @@ def _fit_group(
     code_sigma = code_sigma.detach().cpu().to(sigma.dtype).contiguous()
     # codes of the codewords as stored (rounded to the input dtype), as assign_codes gives them
     codewords = metric_features(code_mu, code_sigma, metric)
-    labels = nearest_center(metric_features(mu, sigma, metric), codewords)[0]
+    labels = nearest_center(metric_features(mu, sigma, metric), codewords, device=settings.device)[
+        0
+    ]
     return _GroupFit(code_mu, code_sigma, labels, result.inertia, result.iterations)
 
 
@@ -194,6 +200,7 @@ def _fit_geodesic(
         tol=settings.tol,
         restarts=settings.restarts,
         seed=seed,
+        device=settings.device,
     )
     medoids = torch.from_numpy(fit.medoids)
     return _GroupFit(
@@ -216,12 +223,19 @@ def _cluster_mean(values: Tensor, labels: Tensor, k: int) -> Tensor:
     return torch.where(counts > 0, means, values64.mean(0)).to(values.dtype)
 
 
-def assign_codes(fit: QuantizerFit, mu: Tensor, sigma: Tensor, assign: str = "geodesic") -> Tensor:
+def assign_codes(
+    fit: QuantizerFit,
+    mu: Tensor,
+    sigma: Tensor,
+    assign: str = "geodesic",
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Codes (N, L) int64 of chunk Gaussians mu, sigma (N, L, C) under a fitted codebook.
 
     euclidean codebooks: nearest codeword mu; w2: nearest codeword in W2. geodesic codebooks:
     assign="geodesic" goes through the fit's kNN graph (assign_geodesic), assign="w2" takes
-    the nearest medoid in W2. `assign` only matters for geodesic codebooks.
+    the nearest medoid in W2. `assign` only matters for geodesic codebooks. Nearest-codeword
+    searches run on `device` (CPU when None); the codes come back on the CPU.
     """
     if assign not in ASSIGN_MODES:
         raise ValueError(f"unknown assign mode {assign!r}: choose one of {', '.join(ASSIGN_MODES)}")
@@ -235,16 +249,25 @@ def assign_codes(fit: QuantizerFit, mu: Tensor, sigma: Tensor, assign: str = "ge
     metric = codebook.metric
     if codebook.per_position:
         codes = [
-            _assign_group(fit, position, mu[:, position], sigma[:, position], metric, assign)
+            _assign_group(
+                fit, position, mu[:, position], sigma[:, position], metric, assign, device
+            )
             for position in range(positions)
         ]
         return torch.stack(codes, dim=1)
     flat_mu, flat_sigma = mu.reshape(-1, chunk), sigma.reshape(-1, chunk)
-    return _assign_group(fit, 0, flat_mu, flat_sigma, metric, assign).reshape(n, positions)
+    codes = _assign_group(fit, 0, flat_mu, flat_sigma, metric, assign, device)
+    return codes.reshape(n, positions)
 
 
 def _assign_group(
-    fit: QuantizerFit, index: int, mu: Tensor, sigma: Tensor, metric: str, assign: str
+    fit: QuantizerFit,
+    index: int,
+    mu: Tensor,
+    sigma: Tensor,
+    metric: str,
+    assign: str,
+    device: torch.device | str | None,
 ) -> Tensor:
     """Codes (M,) of chunks mu, sigma (M, C) under codebook `index` (0 when shared)."""
     codebook = fit.codebook
@@ -256,7 +279,7 @@ def _assign_group(
         return torch.from_numpy(np.asarray(labels, dtype=np.int64))
     features = metric_features(mu, sigma, metric)
     centers = metric_features(code_mu, code_sigma, metric)
-    return nearest_center(features, centers)[0]
+    return nearest_center(features, centers, device=device)[0]
 
 
 def codeword_latents(codebook: Codebook, codes: Tensor) -> Tensor:

@@ -17,6 +17,10 @@ METRICS = ("euclidean", "w2", "geodesic")
 # are re-checked by explicit differences, so near-ties agree with a direct float64 computation.
 _TIE_RTOL = 1e-9
 _TIE_CHUNK_ROWS = 1024
+# The same for float32 ranking (nearest_center_torch): float32 rounds at about 6e-8 relative.
+_TIE_RTOL_FLOAT32 = 1e-5
+# Elements (rows x centers) of one float32 distance block in nearest_center_torch: 128 MiB.
+_BLOCK_ELEMENTS = 1 << 25
 
 
 def check_metric(metric: str) -> None:
@@ -32,11 +36,14 @@ def sq_distances(x: Tensor, centers: Tensor) -> Tensor:
     return torch.addmm(x_sq + centers_sq, x, centers.T, alpha=-2.0).clamp_min_(0.0)
 
 
-def nearest_center(x: Tensor, centers: Tensor, chunk_rows: int = 32768) -> tuple[Tensor, Tensor]:
+def nearest_center(
+    x: Tensor, centers: Tensor, chunk_rows: int = 32768, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
     """Nearest center of each row: labels (N,) int64 and squared distances (N,) float64.
 
     Float64 on the CPU, `chunk_rows` rows at a time so memory stays O(chunk_rows * K); rows
     with a near-tie are settled by explicit differences, so the result matches brute force.
+    With a non-CPU `device` the work runs there (nearest_center_torch); results on the CPU.
     """
     if x.ndim != 2 or centers.ndim != 2 or x.shape[1] != centers.shape[1]:
         raise ValueError(
@@ -47,6 +54,11 @@ def nearest_center(x: Tensor, centers: Tensor, chunk_rows: int = 32768) -> tuple
         raise ValueError("nearest_center needs at least one center")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if device is not None and torch.device(device).type != "cpu":
+        x64 = x.detach().to(device=device, dtype=torch.float64)
+        centers64 = centers.detach().to(device=device, dtype=torch.float64)
+        labels, dist_sq = nearest_center_torch(x64, centers64)
+        return labels.cpu(), dist_sq.cpu()
     labels, dist_sq = nearest_center_np(_as_float64(x), _as_float64(centers), chunk_rows)
     return torch.from_numpy(labels), torch.from_numpy(dist_sq)
 
@@ -85,6 +97,43 @@ def _nearest_rows(rows: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray)
         exact = ((rows[tied, None, :] - centers[None, :, :]) ** 2).sum(2)
         labels[tied] = exact.argmin(1)
     return labels
+
+
+def nearest_center_torch(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+    """nearest_center for float64 tensors (N, F), (K, F) on their own device (any).
+
+    Centers are ranked with float32 products in blocks of rows; rows whose two best centers
+    are within float32 rounding of each other are settled by explicit float64 differences, and
+    the squared distances returned are float64 differences too, so labels match brute force.
+    """
+    centers32 = centers.float()
+    centers_sq = (centers32 * centers32).sum(1)
+    centers_sq_max = float(centers_sq.max())
+    labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    rows = max(1, _BLOCK_ELEMENTS // centers.shape[0])
+    for start in range(0, x.shape[0], rows):
+        block = x[start : start + rows]
+        block32 = block.float()
+        partial = torch.addmm(centers_sq[None, :], block32, centers32.T, alpha=-2.0)
+        if centers.shape[0] == 1:
+            labels[start : start + rows] = 0
+            continue
+        best = partial.topk(2, dim=1, largest=False)
+        block_labels = best.indices[:, 0].clone()
+        gap = best.values[:, 1] - best.values[:, 0]
+        scale = (block32 * block32).sum(1) + centers_sq_max + 1e-30
+        tied = (gap <= _TIE_RTOL_FLOAT32 * scale).nonzero().squeeze(1)
+        for tie_start in range(0, len(tied), _TIE_CHUNK_ROWS):
+            rows_tied = tied[tie_start : tie_start + _TIE_CHUNK_ROWS]
+            exact = ((block[rows_tied, None, :] - centers[None, :, :]) ** 2).sum(2)
+            block_labels[rows_tied] = exact.argmin(1)
+        labels[start : start + rows] = block_labels
+    dist_sq = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], rows):
+        block_labels = labels[start : start + rows]
+        diff = x[start : start + rows].double() - centers.double()[block_labels]
+        dist_sq[start : start + rows] = (diff * diff).sum(1)
+    return labels, dist_sq
 
 
 def _as_float64(t: Tensor) -> np.ndarray:

@@ -28,6 +28,11 @@ ASSIGN_MODES = ("geodesic", "w2")
 _MIN_EDGE_LENGTH = 1e-12
 # k-means++ seeding runs on a random sample of this many points per medoid (at most).
 _SEED_SAMPLE_PER_MEDOID = 64
+# Float32 neighbour search on a device keeps this many spare candidates per point, then ranks
+# knn + spare by exact float64 distances (float32 may misorder near-ties, not lose neighbours).
+_SPARE_NEIGHBOURS = 4
+# Elements (rows x points) of one float32 distance block in the device neighbour search: 1 GiB.
+_NEIGHBOUR_BLOCK_ELEMENTS = 1 << 28
 # A candidate replaces the medoid only if it lowers the cell's sum by more than this (relative).
 _IMPROVEMENT_RTOL = 1e-12
 
@@ -72,18 +77,30 @@ def edge_lengths(w2: np.ndarray, edge_weight: str) -> np.ndarray:
     return np.where(lengths > 0, lengths, _MIN_EDGE_LENGTH)
 
 
-def knn_graph(points: np.ndarray, knn: int, edge_weight: str = "w2") -> sp.csr_matrix:
+def knn_graph(
+    points: np.ndarray, knn: int, edge_weight: str = "w2", device: torch.device | None = None
+) -> sp.csr_matrix:
     """Symmetric kNN graph (N, N) of the rows of `points` (N, F): i and j are joined when
-    either is among the other's `knn` nearest neighbours."""
+    either is among the other's `knn` nearest neighbours. A non-CPU `device` searches the
+    neighbours there (neighbours_torch) instead of in a KD-tree."""
     points = _as_points(points)
     check_knn(knn, len(points))
     check_edge_weight(edge_weight)
-    return _knn_graph(cKDTree(points), points, knn, edge_weight)
+    return _knn_graph(cKDTree(points), points, knn, edge_weight, device)
 
 
-def _knn_graph(tree: cKDTree, points: np.ndarray, knn: int, edge_weight: str) -> sp.csr_matrix:
+def _knn_graph(
+    tree: cKDTree,
+    points: np.ndarray,
+    knn: int,
+    edge_weight: str,
+    device: torch.device | str | None = None,
+) -> sp.csr_matrix:
     n = len(points)
-    w2, neighbours = _neighbours_of_points(tree, points, knn)
+    if device is not None and torch.device(device).type != "cpu":
+        w2, neighbours = neighbours_torch(points, knn, device)
+    else:
+        w2, neighbours = _neighbours_of_points(tree, points, knn)
     indptr = np.arange(0, n * knn + 1, knn)
     directed = sp.csr_matrix(
         (edge_lengths(w2, edge_weight).ravel(), neighbours.ravel(), indptr), shape=(n, n)
@@ -108,6 +125,36 @@ def _neighbours_of_points(
     is_self[~is_self.any(1), -1] = True
     keep = ~is_self
     return w2[keep].reshape(n, knn), index[keep].reshape(n, knn)
+
+
+def neighbours_torch(
+    points: np.ndarray, knn: int, device: torch.device | str
+) -> tuple[np.ndarray, np.ndarray]:
+    """W2 distances (N, knn) float64 and indices (N, knn) of each point's nearest other points,
+    by brute force on `device` (any): float32 distances to every point, a block of rows at a
+    time, keep knn + spare candidates, then rank those by exact float64 differences."""
+    x64 = torch.from_numpy(points).to(device)
+    x = x64.float()
+    n = x.shape[0]
+    keep = min(knn + _SPARE_NEIGHBOURS, n - 1)
+    x_sq = (x * x).sum(1)
+    w2 = np.empty((n, knn))
+    neighbours = np.empty((n, knn), dtype=np.int64)
+    rows = max(1, _NEIGHBOUR_BLOCK_ELEMENTS // n)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        block_sq = torch.addmm(
+            x_sq[None, :] + x_sq[start:stop, None], x[start:stop], x.T, alpha=-2.0
+        )
+        own = torch.arange(start, stop, device=x.device)
+        block_sq[own - start, own] = torch.inf  # never the point itself
+        candidates = block_sq.topk(keep, dim=1, largest=False).indices
+        exact_sq = ((x64[candidates] - x64[start:stop, None, :]) ** 2).sum(2)
+        # stable order: equal distances (coincident points) keep the lower index first
+        exact_sq, order = torch.sort(exact_sq, dim=1, stable=True)
+        w2[start:stop] = exact_sq[:, :knn].sqrt().cpu().numpy()
+        neighbours[start:stop] = candidates.gather(1, order[:, :knn]).cpu().numpy()
+    return w2, neighbours
 
 
 def connect_components(
@@ -150,6 +197,7 @@ def geodesic_kmedoids(
     seed: int = 0,
     tol: float = 1e-4,
     restarts: int = 1,
+    device: torch.device | str | None = None,
 ) -> GeodesicFit:
     """k-medoids of the rows of `points` (N, F) under geodesic distance on their kNN graph.
 
@@ -158,7 +206,8 @@ def geodesic_kmedoids(
     than `tol` (relative), or `iters` updates ran. A cell's update scores `candidates` members
     (half nearest its mean, half at random) and the current medoid; cells no larger than that
     score every member, which makes it exact alternate k-medoids. With restarts > 1 the
-    seeding and alternation repeat on the same graph and the lowest objective wins.
+    seeding and alternation repeat on the same graph and the lowest objective wins. A
+    non-CPU `device` searches the graph's neighbours there; Dijkstra stays on the CPU.
     """
     points = _as_points(points)
     n = len(points)
@@ -175,7 +224,7 @@ def geodesic_kmedoids(
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     rng = np.random.default_rng(seed)
     tree = cKDTree(points)
-    graph = _knn_graph(tree, points, knn, edge_weight)
+    graph = _knn_graph(tree, points, knn, edge_weight, device)
     graph, joined = connect_components(graph, points, edge_weight)
     best: _Alternation | None = None
     for _ in range(restarts):

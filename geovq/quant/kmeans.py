@@ -118,11 +118,14 @@ def kmeans(
     iters: int = 100,
     tol: float = 1e-4,
     seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> KMeansResult:
     """Lloyd k-means on (N, F) points; the restart with the lowest inertia wins.
 
     A restart stops when labels no longer change or the total squared center shift falls
-    below `tol` times the mean per-feature variance (scikit-learn's convention).
+    below `tol` times the mean per-feature variance (scikit-learn's convention). On the CPU
+    (device None or "cpu") numpy with Hamerly's bounds; on another device the torch path
+    (geovq.quant.kmeans_torch). Centers and labels come back on the CPU.
     """
     if points.ndim != 2:
         raise ValueError(f"kmeans needs (N, F) points, got shape {tuple(points.shape)}")
@@ -133,6 +136,12 @@ def kmeans(
         raise ValueError(f"iters must be >= 1, got {iters}")
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
+    if device is not None and torch.device(device).type != "cpu":
+        from geovq.quant.kmeans_torch import kmeans_torch
+
+        return kmeans_torch(
+            points, k, device=device, restarts=restarts, iters=iters, tol=tol, seed=seed
+        )
     generator = torch.Generator().manual_seed(seed)
     x = np.asarray(points.detach().cpu().numpy(), dtype=np.float64)
     offset = x.mean(0)

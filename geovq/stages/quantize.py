@@ -120,7 +120,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
 
     progress.start(f"quantize {name}: fit on {q.fit_split}")
     started = time.perf_counter()
-    fit = _fit(q, mu[q.fit_split], sigma[q.fit_split], settings.seed)
+    fit = _fit(q, mu[q.fit_split], sigma[q.fit_split], settings.seed, device)
     fit_seconds = time.perf_counter() - started
     progress.finish()
 
@@ -130,7 +130,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         split_codes = (
             fit.codes
             if split == q.fit_split
-            else assign_codes(fit, mu[split], sigma[split], assign=q.assign)
+            else assign_codes(fit, mu[split], sigma[split], assign=q.assign, device=device)
         )
         codes[split] = split_codes
         split_metrics[split] = quantization_metrics(
@@ -254,7 +254,9 @@ def quantization_metrics(
     return figures
 
 
-def _fit(q: QuantizeSettings, mu: torch.Tensor, sigma: torch.Tensor, seed: int) -> QuantizerFit:
+def _fit(
+    q: QuantizeSettings, mu: torch.Tensor, sigma: torch.Tensor, seed: int, device: torch.device
+) -> QuantizerFit:
     try:
         return fit_codebook(
             mu,
@@ -268,6 +270,7 @@ def _fit(q: QuantizeSettings, mu: torch.Tensor, sigma: torch.Tensor, seed: int) 
             tol=q.tol,
             knn=q.knn,
             edge_weight=q.edge_weight,
+            device=device,
         )
     except ValueError as error:
         raise GeovqError(str(error)) from None

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from geovq.quant.distances import metric_features, nearest_center, sq_distances, w2_sq
+from geovq.quant.distances import (
+    metric_features,
+    nearest_center,
+    nearest_center_torch,
+    sq_distances,
+    w2_sq,
+)
 
 
 def _brute_nearest(x: torch.Tensor, centers: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -43,6 +49,30 @@ def test_nearest_center_settles_near_ties_like_brute_force():
     labels, _ = nearest_center(x, centers)
     expected_labels, _ = _brute_nearest(x, centers)
     np.testing.assert_array_equal(labels.numpy(), expected_labels)
+
+
+def test_torch_path_matches_brute_force_on_cpu():
+    # the GPU path (float32 ranking, float64 re-check), run here on the CPU
+    g = torch.Generator().manual_seed(4)
+    x, centers = torch.randn(3000, 8, generator=g).double(), torch.randn(50, 8, generator=g)
+    centers = centers.double()
+    labels, dist_sq = nearest_center_torch(x, centers)
+    expected_labels, expected_sq = _brute_nearest(x, centers)
+    np.testing.assert_array_equal(labels.numpy(), expected_labels)
+    np.testing.assert_allclose(dist_sq.numpy(), expected_sq, rtol=1e-12, atol=1e-12)
+    one_label, one_sq = nearest_center_torch(x, centers[:1])
+    assert (one_label == 0).all()
+    np.testing.assert_allclose(one_sq.numpy(), _brute_nearest(x, centers[:1])[1], rtol=1e-12)
+
+
+def test_torch_path_settles_near_ties_that_float32_cannot_see():
+    offset = 1e5
+    centers = torch.tensor([[offset + 1.0, 0.0], [offset - 1.0, 0.0]], dtype=torch.float64)
+    gaps = torch.linspace(-1e-7, 1e-7, 41, dtype=torch.float64)
+    x = torch.stack([offset + gaps, torch.ones_like(gaps)], dim=1)
+    np.testing.assert_array_equal(
+        nearest_center_torch(x, centers)[0].numpy(), _brute_nearest(x, centers)[0]
+    )
 
 
 def test_w2_sq_is_the_closed_form_for_diagonal_gaussians():

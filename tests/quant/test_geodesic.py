@@ -18,6 +18,7 @@ from geovq.quant.geodesic import (
     connect_components,
     geodesic_kmedoids,
     knn_graph,
+    neighbours_torch,
 )
 from geovq.quant.kmeans import kmeans
 
@@ -59,6 +60,21 @@ def test_knn_graph_is_the_symmetrised_w2_knn_graph():
     np.testing.assert_allclose(graph.toarray(), reference.toarray(), rtol=1e-12)
     squared = knn_graph(points, 6, edge_weight="w2sq")
     np.testing.assert_allclose(squared.toarray(), graph.toarray() ** 2, rtol=1e-12)
+
+
+def test_device_neighbour_search_matches_exact_neighbours():
+    # the GPU path (float32 brute force, float64 re-rank), run here on the CPU
+    points = blobs(700, 11, dim=8)
+    w2, neighbours = neighbours_torch(points, 7, "cpu")
+    exact = cdist(points, points)
+    np.fill_diagonal(exact, np.inf)
+    expected = np.sort(exact, axis=1)[:, :7]
+    np.testing.assert_allclose(w2, expected, rtol=1e-12)
+    np.testing.assert_allclose(np.take_along_axis(exact, neighbours, 1), expected, rtol=1e-12)
+    duplicated = np.repeat(blobs(30, 12), 3, axis=0)
+    w2, neighbours = neighbours_torch(duplicated, 2, "cpu")
+    assert (neighbours != np.arange(90)[:, None]).all(), "never the point itself"
+    assert w2.max() == 0.0, "each point's two twins come first"
 
 
 def test_coincident_points_keep_their_edges():
