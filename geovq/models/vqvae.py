@@ -195,6 +195,14 @@ class VectorQuantizer(nn.Module):
         Losses are squared distances per vector, averaged over the M vectors: ``codebook`` is
         ||sg[z_e] - e||^2 (zero under EMA), ``commitment`` is ||z_e - sg[e]||^2.
         """
+        # float32 whatever the caller's autocast: bf16 would misrank near codewords and the
+        # EMA sums must match the float32 buffers
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            return self._quantize(z_e.float())
+
+    def _quantize(
+        self, z_e: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         codes = self.assign_codes(z_e)
         z_q = self.embedding[codes]
         commitment = (z_e - z_q.detach()).pow(2).sum(1).mean()

@@ -381,3 +381,15 @@ def test_model_losses_are_per_image_sums_over_positions():
     expected = ((z_e - z_q) ** 2).sum(dim=(1, 2)).mean()
     torch.testing.assert_close(losses["commitment"], expected)
     torch.testing.assert_close(losses["codebook"], expected)
+
+
+@pytest.mark.parametrize("update", ["ema", "loss"])
+def test_quantizer_runs_in_float32_under_bf16_autocast(update):
+    # training on a GPU autocasts to bf16; EMA sums and code ranking must stay float32
+    quantizer = VectorQuantizer(16, 4, update=update).train()
+    z_e = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    expected = quantizer.assign_codes(z_e.bfloat16().float())  # before the update moves it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, codes, losses = quantizer(z_e.bfloat16())
+    assert z_q.dtype == torch.float32 and losses["commitment"].dtype == torch.float32
+    assert torch.equal(codes, expected)
