@@ -394,7 +394,7 @@ def part_summary(args: argparse.Namespace) -> None:
             continue
         try:
             figures[path.stem] = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             figures[path.stem] = {"error": "unreadable"}
     summary["figures"] = figures
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -404,6 +404,9 @@ def part_summary(args: argparse.Namespace) -> None:
     for stem, data in figures.items():
         for key, value in data.get("results", {}).items():
             print(f"{stem}.{key}: {_compact(value)}")
+        if "metrics" in data:  # a geovq stage's --json result
+            picked = {k: data["metrics"].get(k) for k in ("images_per_s", "test_loss", "epochs")}
+            print(f"{stem}: {_compact(picked)}")
 
 
 def _compact(value) -> str:

@@ -76,7 +76,7 @@ def kmeans_plus_plus_torch(x: Tensor, k: int, generator: torch.Generator) -> Ten
         cumulative = closest_sq.double().cumsum(0)
         potential = float(cumulative[-1])
         if potential <= 0:  # every point sits on a chosen center: take any unchosen one
-            candidates = _random_unchosen(n, chosen[:step], generator)
+            candidates = _random_unchosen(n, chosen[:step], generator).to(x.device)
         else:
             uniform = torch.rand(trials, generator=generator, dtype=torch.float64)
             # right=True lands on a point whose interval has positive width: no repeats
