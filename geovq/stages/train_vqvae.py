@@ -45,6 +45,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     record = StageRun(run_dir, quant.key, None, device, settings.seed, settings.force)
     data_settings = _data_settings(record, settings)
     dataset = load_dataset(data_settings)
+    if dataset.source_note:
+        progress.log(dataset.source_note)
     config = _config(settings, dataset)
     record.settle(_recorded(settings, data_settings), resume=settings.vqvae.resume)
     _check_memory(config, settings.vqvae.batch_size, device)
@@ -101,6 +103,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "splits": split_metrics,
         "history": result.history,
         "images_per_s": round(result.images_per_s, 1),
+        "data_files": list(dataset.files),
     }
     record.finish(metrics)
     test = split_metrics.get("test", {})
@@ -108,8 +111,14 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         [key, fmt(test.get(key))]
         for key in ("mse_per_pixel", "utilisation", "dead_codes", "perplexity", "bits_per_image")
     ]
+    notes = [dataset.source_note] if dataset.source_note else []
     return StageResult(
-        stage_key(name), metrics, record.outputs, title=f"train-vqvae {name} (test)", rows=rows
+        stage_key(name),
+        metrics,
+        record.outputs,
+        title=f"train-vqvae {name} (test)",
+        rows=rows,
+        notes=notes,
     )
 
 

@@ -201,3 +201,23 @@ def test_ctrl_c_exits_130_and_keeps_the_last_epoch(tmp_path):
     assert not (run / "vae.safetensors").exists() and not (run / "manifest.json").exists()
     _, metadata = RunDir(run).load_tensors("checkpoints/train-vae.safetensors", "checkpoint")
     assert int(metadata["epoch"]) >= 1
+
+
+def test_train_vae_on_fashion_mnist_names_the_files_it_read(tmp_path, monkeypatch):
+    from geovq import data
+    from tests.test_data import _write_fashion_files
+
+    system = tmp_path / "fashion-mnist"
+    _write_fashion_files(system, {"train": 20, "t10k": 10}, compress=True)
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {"fashion-mnist": system})
+    monkeypatch.chdir(tmp_path)  # the default --data-dir (./data) holds nothing
+    run = tmp_path / "run"
+    result = cli("train-vae", "--run-dir", run, "--dataset", "fashion-mnist", *TINY[2:], "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert any(str(system) in note for note in payload["notes"])
+    assert payload["metrics"]["data_files"][0] == str(system / "train-images-idx3-ubyte.gz")
+    table = cli(
+        "train-vae", "--run-dir", tmp_path / "run2", "--dataset", "fashion-mnist", *TINY[2:]
+    )
+    assert "train-images-idx3-ubyte.gz" in table.stdout
