@@ -354,6 +354,7 @@ def train_vae_command(
     latent: setting("vae.latent") = None,
     latent_dim: setting("vae.latent_dim") = None,
     spatial_channels: setting("vae.spatial_channels") = None,
+    trunk: setting("vae.trunk") = None,
     resume: setting("vae.resume") = None,
     vae_name: setting("vae.name", "--vae") = None,
 ) -> None:
@@ -435,6 +436,7 @@ def train_vqvae_command(
     ema_decay: setting("vqvae.ema_decay") = None,
     dead_code_restart: setting("vqvae.dead_code_restart") = None,
     init: setting("vqvae.init") = None,
+    trunk: setting("vqvae.trunk") = None,
     recon_loss: setting("vqvae.recon_loss") = None,
     name: setting("vqvae.name") = None,
     epochs: setting("vqvae.epochs") = None,
@@ -528,6 +530,9 @@ def run_command(
     limit: Limit = None,
     data_dir: DataDir = None,
     download: Download = None,
+    image_size: ImageSize = None,
+    channels: Channels = None,
+    trunk: setting("vae.trunk") = None,
     k: setting("quantize.k", also=("vqvae.k",), help="K for post-hoc and VQ-VAE codebooks.") = None,
 ) -> None:
     """The whole study: VAEs, quantizations, refits, VQ-VAEs, priors, samples, compare."""

@@ -109,6 +109,40 @@ def _load_full(settings: DataSettings) -> Dataset:
     raise GeovqError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
+# Image sizes of the named datasets, known without reading them.
+KNOWN_SIZES = {
+    "mnist5k": (28, 28),
+    "mnist": (28, 28),
+    "fashion-mnist": (28, 28),
+    "cifar10": (32, 32),
+}
+
+
+def image_size(settings: DataSettings) -> tuple[int, int]:
+    """(H, W) of the images ``load_dataset(settings)`` gives, reading one image at most."""
+    if settings.dataset in KNOWN_SIZES:
+        return KNOWN_SIZES[settings.dataset]
+    if settings.image_size is not None:
+        return settings.image_size, settings.image_size
+    first = _first_image(Path(settings.dataset.removeprefix("folder:")))
+    if first is None:  # let the loader say what is wrong
+        return load_dataset(settings).image_shape[1:]
+    from PIL import Image
+
+    with Image.open(first) as image:
+        width, height = image.size
+    return height, width
+
+
+def _first_image(root: Path) -> Path | None:
+    for folder, subfolders, names in os.walk(root):  # os.walk does not follow symlinks
+        subfolders.sort()
+        for name in sorted(names):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                return Path(folder) / name
+    return None
+
+
 def stratified_head(labels: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of the first ``n`` items taken round-robin over classes, so classes stay balanced.
 

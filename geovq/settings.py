@@ -39,7 +39,7 @@ StageFamily = Literal[
     "compare",
 ]
 # ``geovq run --preset``: named value sets just above the defaults (geovq/stages/pipeline.py).
-Preset = Literal["quick", "default", "full"]
+Preset = Literal["quick", "default", "fashion", "full"]
 Metric = Literal["euclidean", "w2", "geodesic"]
 
 
@@ -109,6 +109,10 @@ class VaeSettings(TrainSettings):
     latent: Literal["flat", "spatial"] = Field("flat", description="Latent layout.")
     latent_dim: int = Field(32, ge=1, description="Flat latent size.")
     spatial_channels: int = Field(4, ge=1, description="Channels per position (spatial).")
+    # Encoder/decoder trunk (geovq.models.blocks): the reference's, or residual blocks for RGB.
+    trunk: Literal["reference", "residual"] = Field(
+        "reference", description="Encoder/decoder trunk (residual: stronger, for RGB)."
+    )
 
     _name = field_validator("name")(_check_name)
 
@@ -175,6 +179,10 @@ class VqvaeSettings(TrainSettings):
         "auto", description="Reconstruction loss (auto: bce for grayscale, mse for RGB)."
     )
     name: str | None = Field(None, description="Name of the result folder (default: vqvae-HxW-kK).")
+    # None: the trunk of the run's first trained model, so the baseline's capacity matches.
+    trunk: Literal["reference", "residual"] | None = Field(
+        None, description="Encoder/decoder trunk (default: the run's VAE's)."
+    )
 
     @field_validator("grid")
     @classmethod
@@ -250,7 +258,11 @@ class StudySettings(Section):
     per_position_metrics: list[Metric] = Field(
         [], description="Metrics also fitted with one codebook per position."
     )
-    vqvae_grids: list[str] = Field(["2x4", "7x7"], description="End-to-end VQ-VAE code grids.")
+    # "trunk" is the trunk's feature map (7x7 for 28x28 images, 8x8 for 32x32): the grid of the
+    # spatial VAE's codes, so the two pair at equal bits.
+    vqvae_grids: list[str] = Field(
+        ["2x4", "trunk"], description="End-to-end VQ-VAE code grids (trunk: the trunk's map)."
+    )
     refit: bool = Field(True, description="Refit the decoder on post-hoc codes.")
     priors: bool = Field(True, description="Train priors and sample from them.")
     redo: list[StageFamily] = Field([], description="Stage families to redo, and what follows.")
@@ -259,7 +271,8 @@ class StudySettings(Section):
     @classmethod
     def _grids(cls, values: list[str]) -> list[str]:
         for value in values:
-            parse_grid(value)
+            if value != "trunk":
+                parse_grid(value)
         return values
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geovq.models.blocks import TRUNK_CHANNELS, DecoderTrunk, EncoderTrunk, trunk_grid
+from geovq.models.blocks import TRUNK_CHANNELS, decoder_trunk, encoder_trunk, trunk_grid
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class VAEConfig:
     latent: str = "flat"
     latent_dim: int = 32
     spatial_channels: int = 4
+    trunk: str = "reference"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -64,8 +65,8 @@ class VAE(nn.Module):
             raise ValueError(f"unknown latent layout {config.latent!r}")
         self.config = config
         h, w = config.grid
-        self.encoder = EncoderTrunk(config.channels)
-        self.decoder = DecoderTrunk(config.channels)
+        self.encoder = encoder_trunk(config.trunk, config.channels)
+        self.decoder = decoder_trunk(config.trunk, config.channels)
         if config.latent == "flat":
             self.to_stats = nn.Linear(TRUNK_CHANNELS * h * w, 2 * config.latent_dim)
             self.from_latent = nn.Linear(config.latent_dim, TRUNK_CHANNELS * h * w)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from geovq.models.blocks import TRUNK_CHANNELS, DecoderTrunk, EncoderTrunk, trunk_grid
+from geovq.models.blocks import TRUNK_CHANNELS, TRUNKS, decoder_trunk, encoder_trunk, trunk_grid
 from geovq.models.vae import reconstruction_loss
 
 CODEBOOK_UPDATES = ("loss", "ema")
@@ -43,6 +43,7 @@ class VQVAEConfig:
     codebook_update: str = "loss"
     ema_decay: float = 0.99
     dead_code_restart: int = 0
+    trunk: str = "reference"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -93,6 +94,8 @@ def validate_config(config: VQVAEConfig) -> None:
             f"{config.height}x{config.width} images: use the trunk's {h}x{w} feature map or a "
             f"smaller grid HxW with 1 <= H <= {h} and 1 <= W <= {w} (e.g. 2x4)"
         )
+    if config.trunk not in TRUNKS:
+        raise ValueError(f"unknown trunk {config.trunk!r}: use one of {TRUNKS}")
     if config.k < 1:
         raise ValueError(f"codebook size k must be >= 1, got {config.k}")
     if config.codebook_dim < 1:
@@ -279,8 +282,8 @@ class VQVAE(nn.Module):
         config = self.config
         h, w = config.trunk_grid
         code_dims = config.positions * config.codebook_dim
-        self.encoder = EncoderTrunk(config.channels)
-        self.decoder = DecoderTrunk(config.channels)
+        self.encoder = encoder_trunk(config.trunk, config.channels)
+        self.decoder = decoder_trunk(config.trunk, config.channels)
         if config.uses_conv_projection:
             self.to_latents = nn.Conv2d(TRUNK_CHANNELS, config.codebook_dim, 1)
             self.from_latents = nn.Conv2d(config.codebook_dim, TRUNK_CHANNELS, 1)

@@ -1,7 +1,8 @@
 """``geovq run``: the whole study in one command, skipping every stage that is current.
 
 train-vae (flat, and spatial) -> extract -> quantize (each metric) -> refit-decoder ->
-train-vqvae (2x4 bit-rate matched, 7x7) -> train-prior (each source) -> sample -> compare.
+train-vqvae (2x4 bit-rate matched, and the trunk's grid: 7x7 for 28x28 images) -> train-prior
+(each source) -> sample -> compare.
 A stage is skipped when the manifest shows its outputs unchanged, its inputs unchanged and its
 settings equal to today's, and nothing it depends on ran in this call; ``--force STAGE`` redoes
 a stage family and whatever depends on it. An interrupted run therefore continues where it
@@ -18,6 +19,8 @@ from typing import Any, get_args
 
 from geovq import GeovqError
 from geovq.artifacts import VaeFiles
+from geovq.data import image_size
+from geovq.models.blocks import trunk_grid
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Preset, Settings, StageFamily
@@ -54,6 +57,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "prior": {"epochs": 5},
         "study": {"spatial_metrics": ["w2"]},
         "compare": {"sweep_k": "16,64,256,1024", "samples": 300},
+    },
+    # All of Fashion-MNIST (60,000 train, 10,000 test images; 480,000 flat latent chunks and
+    # 2.94 M spatial ones) in about an hour on 2 CPU cores. Budget from the default preset's
+    # measured speeds (README: ~450 training images/s for the VAEs and VQ-VAEs, ~770/s for
+    # decoder refits, ~2,000/s and ~500/s for 2x4 and 7x7 priors; k-means 17.8 s per restart
+    # at 480k points), at 60,000 images per epoch:
+    #   VAEs 3 epochs: flat 460 s + spatial 390 s;   VQ-VAEs 3 epochs: 2 x 400 s
+    #   refits 1 epoch: 4 x 80 s;   priors 2 epochs: 4 x 60 s (2x4) + 2 x 240 s (7x7)
+    #   extract 50 s; quantize (1 restart) ~260 s; sample ~30 s;
+    #   compare ~530 s (sweep K = 16, 64, 256 ~250 s, classifier ~120 s, samples ~100 s)
+    #   total ~3,550 s, about 59 minutes. With a GPU, use more epochs (the `full` preset).
+    "fashion": {
+        "data": {"dataset": "fashion-mnist"},
+        "vae": {"epochs": 3},
+        "vqvae": {"epochs": 3},
+        "refit": {"epochs": 1},
+        "prior": {"epochs": 2},
+        "quantize": {"restarts": 1},
+        "study": {"spatial_metrics": ["w2"]},
+        "compare": {"sweep_k": "16,64,256", "samples": 300},
     },
     # For a GPU and the full datasets.
     "full": {
@@ -131,7 +154,9 @@ def plan(settings: Settings) -> list[Step]:
                 )
                 producer = refit_decoder.stage_key(name)
             sources.append((f"quant/{name}", producer))
+    trunk_h, trunk_w = trunk_grid(image_size(settings.data))
     for grid in study.vqvae_grids:
+        grid = f"{trunk_h}x{trunk_w}" if grid == "trunk" else grid
         vq = _with(base, vqvae={"grid": grid, "name": None})
         name = train_vqvae.default_name(vq)
         add(train_vqvae.stage_key(name), "train-vqvae", train_vqvae, vq, ("data", "vqvae"))

@@ -35,6 +35,7 @@ def vae_config(settings: Settings, dataset: Dataset) -> VAEConfig:
         latent=vae.latent,
         latent_dim=vae.latent_dim,
         spatial_channels=vae.spatial_channels,
+        trunk=vae.trunk,
     )
 
 

@@ -47,7 +47,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     dataset = load_dataset(data_settings)
     if dataset.source_note:
         progress.log(dataset.source_note)
-    config = _config(settings, dataset)
+    config = _config(settings, dataset, _trunk(record, settings))
     record.settle(_recorded(settings, data_settings), resume=settings.vqvae.resume)
     _check_memory(config, settings.vqvae.batch_size, device)
 
@@ -97,6 +97,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     metrics = {
         "name": name,
         "kind": "vqvae",
+        "trunk": config.trunk,
         "grid": list(config.grid),
         "k": config.k,
         "bits_per_image": config.bits_per_image,
@@ -186,7 +187,24 @@ def _data_settings(reader: StageRun, settings: Settings) -> DataSettings:
     return recorded
 
 
-def _config(settings: Settings, dataset: Dataset) -> VQVAEConfig:
+def _trunk(reader: StageRun, settings: Settings) -> str:
+    """The run's trunk (its first trained model's), so the baseline has the VAE's capacity."""
+    chosen = settings.vqvae.trunk
+    record = first_trained_record(reader.manifest)
+    if record is None:
+        return chosen or "reference"
+    recorded_settings = record["settings"]
+    section = recorded_settings.get("vae") or recorded_settings.get("vqvae") or {}
+    recorded = section.get("trunk") or "reference"
+    if chosen is not None and chosen != recorded:
+        raise GeovqError(
+            f"--trunk {chosen} differs from the run's {recorded} trunk; a fair baseline uses the "
+            "same trunk as the VAE: drop --trunk or use another --run-dir"
+        )
+    return recorded
+
+
+def _config(settings: Settings, dataset: Dataset, trunk: str) -> VQVAEConfig:
     channels, height, width = dataset.image_shape
     grid_h, grid_w = parse_grid(settings.vqvae.grid)
     vq = settings.vqvae
@@ -202,6 +220,7 @@ def _config(settings: Settings, dataset: Dataset) -> VQVAEConfig:
         codebook_update=vq.codebook_update,
         ema_decay=vq.ema_decay,
         dead_code_restart=vq.dead_code_restart,
+        trunk=trunk,
     )
     try:
         validate_config(config)

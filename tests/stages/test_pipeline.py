@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from geovq.rundir import sha256_file
 from tests.helpers import cli, snapshot
@@ -107,3 +108,43 @@ def test_example_script_runs_as_written(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run/report/metrics.json").is_file()
+
+
+def _write_rgb_shapes(root, per_class, size=32):
+    """Coloured discs and squares on coloured backgrounds: an RGB ImageFolder, 2 classes."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    for kind in ("disc", "square"):
+        (root / kind).mkdir(parents=True)
+        for i in range(per_class):
+            background, colour = (tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in "ab")
+            image = Image.new("RGB", (size, size), background)
+            x, y = (int(v) for v in rng.integers(0, size // 2, 2))
+            box = [x, y, x + size // 2, y + size // 2]
+            draw = ImageDraw.Draw(image)
+            (draw.ellipse if kind == "disc" else draw.rectangle)(box, fill=colour)
+            image.save(root / kind / f"{i}.png")
+
+
+def test_quick_preset_runs_on_rgb_images(tmp_path, monkeypatch):
+    _write_rgb_shapes(tmp_path / "rgb", per_class=40)  # 32 train + 8 test per class
+    # Sampling 8x8 code grids is sequential: fewer samples keep the test to seconds.
+    monkeypatch.setenv("GEOVQ_SAMPLE__N", "8")
+    monkeypatch.setenv("GEOVQ_COMPARE__SAMPLES", "8")
+    run = tmp_path / "run"
+    args = ("run", "--preset", "quick", "--dataset", f"folder:{tmp_path / 'rgb'}", "--limit", "16")
+    result = cli(*args, "--trunk", "residual", "--run-dir", run, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    # The VQ-VAE's grid is the 32x32 trunk's 8x8 map, paired with the spatial VAE's codes.
+    vqvae = manifest["stages"]["train-vqvae/vqvae-8x8-k32"]
+    assert vqvae["metrics"]["trunk"] == "residual"  # the VAEs', without being told again
+    assert manifest["stages"]["train-vae/spatial"]["settings"]["vae"]["trunk"] == "residual"
+    report = json.loads((run / "report/metrics.json").read_text())
+    pairs = {(p["posthoc"], p["vqvae"]) for p in report["equal_rate_pairs"]}
+    assert ("quant/w2-k32-spatial", "vqvae/vqvae-8x8-k32") in pairs
+    assert (run / "report/reconstructions.png").is_file()
+    codes = load_file(run / "vqvae/vqvae-8x8-k32/codes.safetensors")
+    assert codes["test.codes"].shape == (16, 8, 8)

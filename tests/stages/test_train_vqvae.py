@@ -93,3 +93,25 @@ def test_existing_name_needs_force(tiny_run):
     result = cli(*args, "--k", "4")
     assert result.exit_code != 0 and "--force" in result.stderr
     assert snapshot(tiny_run) == before
+
+
+def test_the_baseline_uses_the_vae_trunk(tmp_path):
+    from geovq import GeovqError
+    from geovq.models.blocks import ResidualDecoderTrunk, ResidualEncoderTrunk
+    from geovq.stages import train_vae, train_vqvae
+    from tests.helpers import tiny_settings
+
+    run_dir = tmp_path / "run"
+    train_vae.run(tiny_settings(run_dir, vae={"trunk": "residual"}))
+    vq = {"grid": "2x4", "k": 8, "epochs": 1, "init": "random"}
+    train_vqvae.run(tiny_settings(run_dir, vqvae=vq))  # no trunk given: the VAE's
+    run = RunDir(run_dir)
+    weights, meta = run.load_tensors("vqvae/vqvae-2x4-k8/model.safetensors", "model")
+    model = VQVAE(VQVAEConfig.from_json(meta["config"]))
+    model.load_state_dict(weights)  # the saved weights are a residual trunk's
+    assert isinstance(model.encoder, ResidualEncoderTrunk)
+    assert isinstance(model.decoder, ResidualDecoderTrunk)
+    before = snapshot(run_dir)
+    with pytest.raises(GeovqError, match="--trunk reference differs from the run's residual"):
+        train_vqvae.run(tiny_settings(run_dir, vqvae={**vq, "trunk": "reference", "name": "b"}))
+    assert snapshot(run_dir) == before
