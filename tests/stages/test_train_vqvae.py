@@ -107,7 +107,7 @@ def test_the_baseline_uses_the_vae_trunk(tmp_path):
     train_vqvae.run(tiny_settings(run_dir, vqvae=vq))  # no trunk given: the VAE's
     run = RunDir(run_dir)
     weights, meta = run.load_tensors("vqvae/vqvae-2x4-k8/model.safetensors", "model")
-    model = VQVAE(VQVAEConfig.from_json(meta["config"]))
+    model = VQVAE(VQVAEConfig(**meta["config"]))
     model.load_state_dict(weights)  # the saved weights are a residual trunk's
     assert isinstance(model.encoder, ResidualEncoderTrunk)
     assert isinstance(model.decoder, ResidualDecoderTrunk)
