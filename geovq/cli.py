@@ -97,6 +97,8 @@ def _cli_type(annotation: Any) -> Any:
         return list[_cli_type(get_args(annotation)[0])]
     if get_origin(annotation) is Literal:
         return type(get_args(annotation)[0])
+    if get_origin(annotation) is tuple:  # e.g. levels "8,8,4": the settings parse the text
+        return str
     return annotation
 
 
@@ -350,6 +352,9 @@ def train_vae_command(
     batch_size: setting("vae.batch_size") = None,
     lr: setting("vae.lr") = None,
     beta: setting("vae.beta") = None,
+    target_rate: setting("vae.target_rate") = None,
+    rate_gain: setting("vae.rate_gain") = None,
+    free_bits: setting("vae.free_bits") = None,
     recon_loss: setting("vae.recon_loss") = None,
     latent: setting("vae.latent") = None,
     latent_dim: setting("vae.latent_dim") = None,
@@ -390,6 +395,8 @@ def quantize_command(
     g: Globals,
     metric: setting("quantize.metric") = None,
     k: setting("quantize.k") = None,
+    levels: setting("quantize.levels") = None,
+    codeword: setting("quantize.codeword") = None,
     chunks: setting("quantize.chunks") = None,
     grid: setting("quantize.grid") = None,
     codebook: setting("quantize.codebook") = None,
@@ -429,6 +436,8 @@ def refit_decoder_command(
 def train_vqvae_command(
     g: Globals,
     grid: setting("vqvae.grid") = None,
+    quantizer: setting("vqvae.quantizer") = None,
+    levels: setting("vqvae.levels") = None,
     k: setting("vqvae.k") = None,
     codebook_dim: setting("vqvae.codebook_dim") = None,
     beta: setting("vqvae.beta") = None,

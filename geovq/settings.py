@@ -40,7 +40,7 @@ StageFamily = Literal[
 ]
 # ``geovq run --preset``: named value sets just above the defaults (geovq/stages/pipeline.py).
 Preset = Literal["quick", "default", "fashion", "full"]
-Metric = Literal["euclidean", "w2", "geodesic"]
+Metric = Literal["euclidean", "w2", "geodesic", "scalar"]
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -102,7 +102,12 @@ def _check_source(value: str | None) -> str | None:
 class VaeSettings(TrainSettings):
     # Several VAEs per run: vae-NAME.safetensors, latents-NAME.safetensors, ...
     name: str | None = Field(None, description="Name of one of several VAEs in the run.")
-    beta: float = Field(1.0, ge=0, description="KL weight.")
+    beta: float = Field(1.0, ge=0, description="KL weight (the start, with --target-rate).")
+    target_rate: float | None = Field(
+        None, gt=0, description="Drive the KL to this many bits per image by adapting beta."
+    )
+    rate_gain: float = Field(0.05, gt=0, description="Step of log beta per batch (target rate).")
+    free_bits: float = Field(0.0, ge=0, description="KL floor per latent dimension, nats.")
     recon_loss: Literal["auto", "bce", "mse"] = Field(
         "auto", description="Reconstruction loss (auto: bce for grayscale, mse for RGB)."
     )
@@ -127,6 +132,12 @@ class ExtractSettings(Section):
 class QuantizeSettings(Section):
     metric: Metric = Field("w2", description="Distance between latent chunks.")
     k: int = Field(256, ge=1, description="Codebook size K.")
+    levels: tuple[int, ...] | None = Field(
+        None, description="Scalar: levels per chunk dimension, e.g. 4,4,4,4 (default: K split)."
+    )
+    codeword: Literal["medoid", "barycenter"] = Field(
+        "medoid", description="Geodesic cells' codewords: medoid or W2 barycenter."
+    )
     chunks: int | None = Field(None, ge=1, description="Chunks per latent L (default: auto).")
     grid: str | None = Field(None, description="Code grid HxW with H*W = L (default: auto).")
     codebook: Literal["shared", "per-position"] = Field(
@@ -152,6 +163,23 @@ class QuantizeSettings(Section):
         return value
 
     _name = field_validator("name")(_check_name)
+    _levels = field_validator("levels", mode="before")(lambda value: _parse_levels(value, 1))
+
+
+def _parse_levels(value: Any, minimum: int) -> tuple[int, ...] | None:
+    """'4,4,4,4' or a sequence -> (4, 4, 4, 4), every level >= ``minimum``; None stays None."""
+    if value is None:
+        return None
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        levels = tuple(int(part) for part in parts if str(part).strip())
+    except (TypeError, ValueError):
+        levels = ()
+    if not levels or min(levels) < minimum:
+        raise ValueError(
+            f"{value!r} is not a comma-separated list of levels >= {minimum} (e.g. 4,4,4,4)"
+        )
+    return levels
 
 
 class RefitSettings(TrainSettings):
@@ -164,6 +192,12 @@ class RefitSettings(TrainSettings):
 
 class VqvaeSettings(TrainSettings):
     grid: str = Field("7x7", description="Code grid HxW (2x4 matches the flat VAE's rate).")
+    quantizer: Literal["vq", "fsq"] = Field(
+        "vq", description="vq: learned codebook; fsq: finite scalar quantization (--levels)."
+    )
+    levels: tuple[int, ...] = Field(
+        (8, 8, 4), description="FSQ levels per channel (K = their product, 8,8,4 = 256)."
+    )
     k: int = Field(256, ge=1, description="Codebook size K.")
     codebook_dim: int = Field(4, ge=1, description="Codeword size C.")
     beta: float = Field(0.25, ge=0, description="Commitment weight.")
@@ -191,6 +225,7 @@ class VqvaeSettings(TrainSettings):
         return value
 
     _name = field_validator("name")(_check_name)
+    _levels = field_validator("levels", mode="before")(lambda value: _parse_levels(value, 3))
 
 
 class PriorSettings(TrainSettings):
@@ -248,12 +283,26 @@ class StudySettings(Section):
     """What ``geovq run`` includes beyond each stage's own settings."""
 
     metrics: list[Metric] = Field(
-        ["euclidean", "w2", "geodesic"], description="Post-hoc metrics on the flat VAE."
+        ["euclidean", "w2", "geodesic", "scalar"], description="Post-hoc metrics on the flat VAE."
     )
     spatial: bool = Field(True, description="Also train a spatial VAE and quantize it.")
     spatial_metrics: list[Metric] = Field(
-        ["w2", "geodesic"], description="Post-hoc metrics on the spatial VAE."
+        ["w2", "geodesic", "scalar"], description="Post-hoc metrics on the spatial VAE."
     )
+    geodesic_codewords: list[Literal["medoid", "barycenter"]] = Field(
+        ["medoid", "barycenter"], description="Codewords of each geodesic quantization."
+    )
+    flat_target_rate: float | None = Field(
+        64.0, gt=0, description="KL target of the flat VAE, bits per image (its 2x4 code's)."
+    )
+    spatial_target_rate: float | None = Field(
+        320.0, gt=0, description="KL target of the spatial VAE, bits per image."
+    )
+    spatial_channels: int = Field(2, ge=1, description="Channels per position, spatial VAE.")
+    equal_epochs: bool = Field(
+        True, description="End-to-end models train VAE epochs + refit epochs."
+    )
+    fsq: bool = Field(True, description="An FSQ model beside each VQ-VAE grid.")
     # Same bits, L x the codewords.
     per_position_metrics: list[Metric] = Field(
         [], description="Metrics also fitted with one codebook per position."

@@ -206,6 +206,14 @@ def save_checkpoint(
     run_dir.save_tensors(relpath, tensors, metadata)
 
 
+def checkpoint_history(run_dir: RunDir, relpath: str) -> list[dict[str, float]]:
+    """The epoch records saved with a checkpoint ([] when there is none)."""
+    if not run_dir.exists(relpath):
+        return []
+    _, metadata = run_dir.load_tensors(relpath, "checkpoint")
+    return json.loads(metadata["history"])
+
+
 def load_checkpoint(
     run_dir: RunDir,
     relpath: str,

@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from geovq.models.blocks import TRUNK_CHANNELS, TRUNKS, decoder_trunk, encoder_trunk, trunk_grid
+from geovq.models.fsq import FiniteScalarQuantizer, check_levels, codebook_size
 from geovq.models.vae import reconstruction_loss
 
 CODEBOOK_UPDATES = ("loss", "ema")
+QUANTIZERS = ("vq", "fsq")
 RECON_KINDS = ("bce", "mse")
 # Laplace smoothing of the EMA cluster counts (Sonnet's VectorQuantizerEMA uses the same value).
 EMA_EPSILON = 1e-5
@@ -44,6 +46,23 @@ class VQVAEConfig:
     ema_decay: float = 0.99
     dead_code_restart: int = 0
     trunk: str = "reference"
+    # "fsq": finite scalar quantization with these levels per channel (k = ∏ levels,
+    # codebook_dim = len(levels)); "vq": the learned nearest-codeword codebook.
+    quantizer: str = "vq"
+    levels: tuple[int, ...] = ()
+
+    @classmethod
+    def fsq(cls, levels: tuple[int, ...], **fields) -> VQVAEConfig:
+        """An FSQ config: k and codebook_dim follow from the levels."""
+        levels = tuple(int(level) for level in levels)
+        check_levels(levels)
+        return cls(
+            quantizer="fsq",
+            levels=levels,
+            k=codebook_size(levels),
+            codebook_dim=len(levels),
+            **fields,
+        )
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -75,7 +94,9 @@ class VQVAEConfig:
 
     @classmethod
     def from_json(cls, text: str) -> VQVAEConfig:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        fields["levels"] = tuple(fields.get("levels", ()))
+        return cls(**fields)
 
 
 def validate_config(config: VQVAEConfig) -> None:
@@ -103,6 +124,20 @@ def validate_config(config: VQVAEConfig) -> None:
     _validate_quantizer(config.codebook_update, config.ema_decay, config.dead_code_restart)
     if config.beta < 0:
         raise ValueError(f"beta (commitment weight) must be >= 0, got {config.beta}")
+    if config.quantizer not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer {config.quantizer!r}: use one of {QUANTIZERS}")
+    if config.quantizer == "fsq":
+        _validate_fsq(config)
+
+
+def _validate_fsq(config: VQVAEConfig) -> None:
+    check_levels(config.levels)
+    if config.k != codebook_size(config.levels) or config.codebook_dim != len(config.levels):
+        raise ValueError(
+            f"FSQ levels {list(config.levels)} give k={codebook_size(config.levels)} and "
+            f"codebook_dim={len(config.levels)}, got k={config.k}, "
+            f"codebook_dim={config.codebook_dim}; build the config with VQVAEConfig.fsq"
+        )
 
 
 def _validate_quantizer(update: str, ema_decay: float, dead_code_restart: int) -> None:
@@ -215,7 +250,8 @@ class VectorQuantizer(nn.Module):
             codebook_loss = torch.zeros((), device=z_e.device, dtype=z_e.dtype)
         z_q_st = z_e + (z_q - z_e).detach()
         if self.training:
-            self._training_updates(z_e.detach(), codes)
+            # under CUDA autocast z_e is bfloat16; the EMA statistics stay in the buffers' fp32
+            self._training_updates(z_e.detach().to(self.embedding.dtype), codes)
         return z_q_st, codes, {"codebook": codebook_loss, "commitment": commitment}
 
     @torch.no_grad()
@@ -290,6 +326,9 @@ class VQVAE(nn.Module):
         else:
             self.to_latents = nn.Linear(TRUNK_CHANNELS * h * w, code_dims)
             self.from_latents = nn.Linear(code_dims, TRUNK_CHANNELS * h * w)
+        if config.quantizer == "fsq":
+            self.quantizer = FiniteScalarQuantizer(config.levels)
+            return
         self.quantizer = VectorQuantizer(
             config.k,
             config.codebook_dim,
@@ -307,6 +346,12 @@ class VQVAE(nn.Module):
             maps = self.to_latents(features)  # (N, C, gh, gw)
             return maps.permute(0, 2, 3, 1).reshape(n, self.config.positions, -1)
         flat = self.to_latents(features.flatten(1))
+        if self.config.quantizer == "fsq":
+            # Adam moves each of the linear layer's ~12k input weights by about lr per step, so
+            # its outputs jump by ~lr * sum|features| and saturate FSQ's tanh bound within a few
+            # steps, where the gradient dies and the codes collapse; dividing by sqrt(fan-in)
+            # keeps each step's change O(lr). The 1x1 conv (fan-in 256) needs no such care.
+            flat = flat / math.sqrt(self.to_latents.in_features)
         return flat.view(n, self.config.positions, self.config.codebook_dim)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ A codebook holds K codewords (mu, sigma), shared by all L positions (K, C) or on
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,14 @@ from geovq.quant.geodesic import (
     geodesic_kmedoids,
 )
 from geovq.quant.kmeans import check_k, kmeans
+from geovq.quant.scalar import (
+    lloyd_max_1d,
+    pack_codes,
+    product_codebook,
+    scalar_level_indices,
+)
+
+CODEWORDS = ("medoid", "barycenter")
 
 
 @dataclass
@@ -81,6 +90,8 @@ def fit_codebook(
     knn: int = 10,
     edge_weight: str = "w2",
     device: torch.device | str | None = None,
+    codeword: str = "medoid",
+    levels: tuple[int, ...] | None = None,
 ) -> QuantizerFit:
     """Fit a codebook of K codewords on chunk Gaussians mu, sigma (N, L, C).
 
@@ -90,13 +101,21 @@ def fit_codebook(
     (knn, edge_weight; iters, tol, restarts as in `geodesic_kmedoids`); codewords are
     the medoid chunks. A non-CPU `device` (a GPU) runs k-means, the code assignment and the
     kNN graph's neighbour search there; everything returned is on the CPU.
+    Geodesic codewords are the medoids, or with codeword="barycenter" each cell's W2
+    barycenter (the mean of [mu, sigma] over the cell). scalar: one Lloyd–Max quantizer per
+    dimension with ``levels[c]`` levels (K = ∏ levels, `k` is ignored); codewords the grid.
     """
     _check_chunks(mu, sigma)
     check_metric(metric)
     check_edge_weight(edge_weight)
-    n, positions, _ = mu.shape
+    if codeword not in CODEWORDS:
+        raise ValueError(f"unknown codeword {codeword!r}: choose one of {', '.join(CODEWORDS)}")
+    n, positions, chunk = mu.shape
     points_per_fit = n if per_position else n * positions
-    check_k(k, points_per_fit)
+    if metric == "scalar":
+        k = _check_levels(levels, chunk)
+    else:
+        check_k(k, points_per_fit)
     if metric == "geodesic":
         check_knn(knn, points_per_fit)
     started = time.perf_counter()
@@ -104,7 +123,7 @@ def fit_codebook(
         groups = [(mu[:, position], sigma[:, position]) for position in range(positions)]
     else:
         groups = [(mu.reshape(-1, mu.shape[-1]), sigma.reshape(-1, sigma.shape[-1]))]
-    settings = _FitSettings(restarts, iters, tol, knn, edge_weight, device)
+    settings = _FitSettings(restarts, iters, tol, knn, edge_weight, device, codeword, levels)
     fits = [
         _fit_group(group_mu, group_sigma, k, metric, seed + index, settings)
         for index, (group_mu, group_sigma) in enumerate(groups)
@@ -143,6 +162,18 @@ class _FitSettings:
     knn: int
     edge_weight: str
     device: torch.device | str | None
+    codeword: str = "medoid"
+    levels: tuple[int, ...] | None = None
+
+
+def _check_levels(levels: tuple[int, ...] | None, chunk: int) -> int:
+    """K = ∏ levels for a scalar quantizer of C-dim chunks; ValueError unless len(levels) = C."""
+    if not levels or len(levels) != chunk or min(levels) < 1:
+        raise ValueError(
+            f"scalar quantization needs one level count >= 1 per chunk dimension ({chunk}), "
+            f"got {list(levels) if levels else None}; pass e.g. --levels " + ",".join(["4"] * chunk)
+        )
+    return math.prod(levels)
 
 
 @dataclass
@@ -164,6 +195,8 @@ def _fit_group(
     """One codebook on chunks mu, sigma (M, C)."""
     if metric == "geodesic":
         return _fit_geodesic(mu, sigma, k, seed, settings)
+    if metric == "scalar":
+        return _fit_scalar(mu, sigma, settings.levels)
     result = kmeans(
         metric_features(mu, sigma, metric),
         k,
@@ -203,15 +236,42 @@ def _fit_geodesic(
         device=settings.device,
     )
     medoids = torch.from_numpy(fit.medoids)
+    labels = torch.from_numpy(fit.labels)
+    if settings.codeword == "barycenter":
+        # W2 between diagonal Gaussians is Euclidean on [mu, sigma], so a cell's W2
+        # barycenter is the plain mean of its members' mu and sigma.
+        code_mu, code_sigma = _cluster_mean(mu, labels, k), _cluster_mean(sigma, labels, k)
+    else:
+        code_mu, code_sigma = mu.detach().cpu()[medoids], sigma.detach().cpu()[medoids]
     return _GroupFit(
-        mu.detach().cpu()[medoids].clone(),
-        sigma.detach().cpu()[medoids].clone(),
-        torch.from_numpy(fit.labels),
+        code_mu.clone(),
+        code_sigma.clone(),
+        labels,
         fit.objective,
         fit.iterations,
         fit.components_joined,
         fit,
     )
+
+
+def _fit_scalar(mu: Tensor, sigma: Tensor, levels: tuple[int, ...]) -> _GroupFit:
+    """Per-dimension Lloyd–Max on mu (M, C); sigma's levels are the mean sigma of each level's
+    members, dimension by dimension, so the product codebook stays a product."""
+    # levels rounded to mu's dtype first, so the codes are those of the codewords as stored
+    centers = [
+        lloyd_max_1d(mu[:, dim], count).to(mu.dtype).double() for dim, count in enumerate(levels)
+    ]
+    indices = scalar_level_indices(mu, centers)
+    sigma_levels = [
+        _cluster_mean(sigma[:, dim : dim + 1], indices[:, dim], count)[:, 0].double()
+        for dim, count in enumerate(levels)
+    ]
+    code_mu = product_codebook(centers).to(mu.dtype)
+    code_sigma = product_codebook(sigma_levels).to(sigma.dtype)
+    labels = pack_codes(indices, levels)
+    chosen = torch.stack([centers[dim][indices[:, dim]] for dim in range(len(levels))], dim=1)
+    objective = float(((mu.detach().cpu().double() - chosen) ** 2).sum())
+    return _GroupFit(code_mu.contiguous(), code_sigma.contiguous(), labels, objective, 0)
 
 
 def _cluster_mean(values: Tensor, labels: Tensor, k: int) -> Tensor:

@@ -419,7 +419,8 @@ def _sweep(record: StageRun, entries, options, settings: Settings, device, progr
     for name, entry in entries.items():
         if entry["kind"] == "posthoc":
             recorded = record.record_of(f"quantize/{name.removeprefix('quant/')}")
-            if recorded:
+            # scalar codebooks are sized by levels, not K: they are points, not swept
+            if recorded and recorded["settings"]["quantize"]["metric"] != "scalar":
                 q = recorded["settings"]["quantize"]
                 families.setdefault(
                     (entry["vae"], q["metric"], q["codebook"], recorded["metrics"]["chunks"]), q

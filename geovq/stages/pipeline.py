@@ -1,8 +1,9 @@
 """``geovq run``: the whole study in one command, skipping every stage that is current.
 
-train-vae (flat, and spatial) -> extract -> quantize (each metric) -> refit-decoder ->
-train-vqvae (2x4 bit-rate matched, and the trunk's grid: 7x7 for 28x28 images) -> train-prior
-(each source) -> sample -> compare.
+train-vae (flat, and spatial; each rate-matched to its codes) -> extract -> quantize (each
+metric; geodesic with medoid and barycenter codewords; scalar) -> refit-decoder -> train-vqvae
+(VQ and FSQ, 2x4 bit-rate matched and the trunk's grid: 7x7 for 28x28 images, as many epochs as
+VAE + refit) -> train-prior (each source) -> sample -> compare.
 A stage is skipped when the manifest shows its outputs unchanged, its inputs unchanged and its
 settings equal to today's, and nothing it depends on ran in this call; ``--force STAGE`` redoes
 a stage family and whatever depends on it. An interrupted run therefore continues where it
@@ -46,16 +47,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae": {"epochs": 1},
         "quantize": {"k": 32, "restarts": 1},
         "refit": {"epochs": 1},
-        "vqvae": {"k": 32, "epochs": 1},
+        "vqvae": {"k": 32, "epochs": 1, "levels": [8, 4]},
         "prior": {"epochs": 1, "layers": 4, "hidden": 32},
         "compare": {"samples": 64, "sweep_k": "8,32", "classifier_epochs": 1},
+        "study": {"spatial_metrics": ["w2", "scalar"]},
     },
-    # Meaningful results on mnist5k in under 15 minutes on 2 CPU cores.
+    # Meaningful results on mnist5k: about 15 minutes on 2 CPU cores before FSQ, scalar and
+    # geodesic-barycenter sources and equal epochs were added (estimated ~25 now; minutes on a
+    # GPU). The VQ-VAEs and FSQ train 12 + 5 = 17 epochs, the VAEs' plus the refits'.
     "default": {
         "vae": {"epochs": 12},
-        "vqvae": {"epochs": 12},
         "prior": {"epochs": 5},
-        "study": {"spatial_metrics": ["w2"]},
+        "study": {"spatial_metrics": ["w2", "scalar"]},
         "compare": {"sweep_k": "16,64,256,1024", "samples": 300},
     },
     # All of Fashion-MNIST (60,000 train, 10,000 test images; 480,000 flat latent chunks and
@@ -82,7 +85,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "data": {"dataset": "mnist"},
         "vae": {"epochs": 30},
-        "vqvae": {"epochs": 30},
         "prior": {"epochs": 30, "layers": 8, "hidden": 128},
         "compare": {"samples": 5000, "sweep_k": "16,64,256,1024,4096"},
     },
@@ -119,18 +121,17 @@ def plan(settings: Settings) -> list[Step]:
         steps.append(Step(key, family, stage.run, step_settings, sections, list(deps)))
 
     sources: list[tuple[str, str]] = []  # (source name, producer key)
-    latents = [(None, "flat", study.metrics)]
+    latents = [(None, "flat", study.metrics, {"target_rate": study.flat_target_rate})]
     if study.spatial:
-        latents.append(("spatial", "spatial", study.spatial_metrics))
-    for vae_name, layout, metrics in latents:
+        spatial = {"target_rate": study.spatial_target_rate}
+        spatial["spatial_channels"] = study.spatial_channels
+        latents.append(("spatial", "spatial", study.spatial_metrics, spatial))
+    for vae_name, layout, metrics, vae_options in latents:
         files = VaeFiles(vae_name)
-        vae_settings = _with(base, vae={"name": vae_name, "latent": layout})
+        vae_settings = _with(base, vae={"name": vae_name, "latent": layout, **vae_options})
         add(files.train_key, "train-vae", train_vae, vae_settings, ("data", "vae"))
         add(files.extract_key, "extract", extract, vae_settings, (), [files.train_key])
-        variants = [(m, "shared") for m in metrics]
-        variants += [(m, "per-position") for m in study.per_position_metrics]
-        for metric, codebook in variants:
-            options = {"metric": metric, "codebook": codebook, "name": None, "refit_decoder": False}
+        for options in _quantizations(metrics, study):
             q = _with(vae_settings, quantize=options)
             name = quantize.default_name(q.quantize, vae_name)
             add(
@@ -155,9 +156,11 @@ def plan(settings: Settings) -> list[Step]:
                 producer = refit_decoder.stage_key(name)
             sources.append((f"quant/{name}", producer))
     trunk_h, trunk_w = trunk_grid(image_size(settings.data))
-    for grid in study.vqvae_grids:
+    quantizers = ["vq", "fsq"] if study.fsq else ["vq"]
+    for grid, quantizer in [(g, q) for g in study.vqvae_grids for q in quantizers]:
         grid = f"{trunk_h}x{trunk_w}" if grid == "trunk" else grid
-        vq = _with(base, vqvae={"grid": grid, "name": None})
+        options = {"grid": grid, "name": None, "quantizer": quantizer}
+        vq = _with(base, vqvae={**options, "epochs": end_to_end_epochs(settings)})
         name = train_vqvae.default_name(vq)
         add(train_vqvae.stage_key(name), "train-vqvae", train_vqvae, vq, ("data", "vqvae"))
         sources.append((f"vqvae/{name}", train_vqvae.stage_key(name)))
@@ -172,6 +175,35 @@ def plan(settings: Settings) -> list[Step]:
             add(key, "sample", sample, s, ("sample",), [train_prior.stage_key(source), producer])
     add("compare", "compare", compare, base, ("compare",), [step.key for step in steps])
     return steps
+
+
+def end_to_end_epochs(settings: Settings) -> int:
+    """The VQ-VAE's epochs: with ``study.equal_epochs`` the post-hoc family's whole budget,
+    VAE epochs + decoder-refit epochs, so neither family trains longer; else vqvae.epochs."""
+    if not settings.study.equal_epochs:
+        return settings.vqvae.epochs
+    return settings.vae.epochs + (settings.refit.epochs if settings.study.refit else 0)
+
+
+def _quantizations(metrics: list[str], study) -> list[dict[str, Any]]:
+    """Quantize options of every post-hoc source of one VAE: each metric shared, each
+    per-position metric, geodesic once per codeword kind."""
+    variants = [(m, "shared") for m in metrics]
+    variants += [(m, "per-position") for m in study.per_position_metrics]
+    options = []
+    for metric, codebook in variants:
+        codewords = study.geodesic_codewords if metric == "geodesic" else ["medoid"]
+        for codeword in codewords:
+            options.append(
+                {
+                    "metric": metric,
+                    "codebook": codebook,
+                    "codeword": codeword,
+                    "name": None,
+                    "refit_decoder": False,
+                }
+            )
+    return options
 
 
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:

@@ -43,11 +43,40 @@ FLAT_DEFAULT_CHUNKS = 8
 
 
 def default_name(q: QuantizeSettings, vae_name: str | None = None) -> str:
-    """``{metric}-k{K}``, ``-pp`` for per-position codebooks, ``-{vae}`` for a named VAE."""
+    """``{metric}-k{K}``, ``geodesic-bary-k{K}`` for barycentric codewords, ``-pp`` for
+    per-position codebooks, ``-{vae}`` for a named VAE (K = ∏ levels when scalar has levels)."""
     if q.name:
         return q.name
     suffix = ("-pp" if q.codebook == "per-position" else "") + (f"-{vae_name}" if vae_name else "")
-    return f"{q.metric}-k{q.k}{suffix}"
+    metric = "geodesic-bary" if q.metric == "geodesic" and q.codeword == "barycenter" else q.metric
+    k = math.prod(q.levels) if q.metric == "scalar" and q.levels else q.k
+    return f"{metric}-k{k}{suffix}"
+
+
+def scalar_levels(q: QuantizeSettings, chunk_dim: int) -> tuple[int, ...]:
+    """The scalar quantizer's levels per chunk dimension: --levels, else --k split evenly.
+
+    K = L^C gives L levels each; a power of two K = 2^b gives each dimension b // C bits and
+    the first b % C dimensions one more, so the scalar code spends the same bits as a K-word
+    codebook.
+    """
+    if q.levels is not None:
+        return q.levels
+    even = round(q.k ** (1 / chunk_dim))
+    if even**chunk_dim == q.k:
+        return (even,) * chunk_dim
+    bits = round(math.log2(q.k))
+    if 2**bits != q.k:
+        raise GeovqError(
+            f"--k {q.k} is neither a power of two nor a {chunk_dim}-th power, so it cannot be "
+            f"split over {chunk_dim} dimensions; pass --levels with {chunk_dim} counts"
+        )
+    return tuple(2 ** (bits // chunk_dim + (dim < bits % chunk_dim)) for dim in range(chunk_dim))
+
+
+def codebook_size(q: QuantizeSettings, chunk_dim: int) -> int:
+    """K: --k, or ∏ levels for scalar quantization."""
+    return math.prod(scalar_levels(q, chunk_dim)) if q.metric == "scalar" else q.k
 
 
 def stage_key(name: str) -> str:
@@ -98,6 +127,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     splits = latent_splits(latents)
     latent_dim = latents[f"{splits[0]}.mu"].shape[1]
     chunks, grid = chunk_grid(q, latent_dim, latents_meta.grid)
+    chunk_dim = latent_dim // chunks
+    k = codebook_size(q, chunk_dim)
     if q.fit_split not in splits:
         raise GeovqError(
             f"--fit-split {q.fit_split} is not in the latents; choose one of {', '.join(splits)}"
@@ -114,13 +145,13 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
             )
     mu = {s: chunk_latents(latents[f"{s}.mu"], chunks) for s in splits}
     sigma = {s: chunk_latents(torch.exp(0.5 * latents[f"{s}.logvar"]), chunks) for s in splits}
-    _check_sizes(q, mu[q.fit_split])
+    _check_sizes(q, k, mu[q.fit_split])
     vae, _ = load_vae(record, device, files)
     images = split_images(record, latents_meta, files)
 
     progress.start(f"quantize {name}: fit on {q.fit_split}")
     started = time.perf_counter()
-    fit = _fit(q, mu[q.fit_split], sigma[q.fit_split], settings.seed, device)
+    fit = _fit(q, k, mu[q.fit_split], sigma[q.fit_split], settings.seed, device)
     fit_seconds = time.perf_counter() - started
     progress.finish()
 
@@ -143,7 +174,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     per_position = q.codebook == "per-position"
     metadata = CodesMeta(
         kind="posthoc",
-        k=q.k,
+        k=k,
         grid=grid,
         source=quant.source,
         per_position=per_position,
@@ -163,11 +194,13 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "name": name,
         "kind": "posthoc",
         "metric": q.metric,
-        "k": q.k,
+        "codeword": q.codeword if q.metric == "geodesic" else None,
+        "levels": list(scalar_levels(q, chunk_dim)) if q.metric == "scalar" else None,
+        "k": k,
         "grid": list(grid),
         "chunks": chunks,
         "per_position": per_position,
-        "bits_per_image": chunks * math.log2(q.k),
+        "bits_per_image": chunks * math.log2(k),
         "fit_points": int(mu[q.fit_split].shape[0] * (1 if per_position else chunks)),
         "fit_seconds": round(fit_seconds, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -255,13 +288,18 @@ def quantization_metrics(
 
 
 def _fit(
-    q: QuantizeSettings, mu: torch.Tensor, sigma: torch.Tensor, seed: int, device: torch.device
+    q: QuantizeSettings,
+    k: int,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    seed: int,
+    device: torch.device,
 ) -> QuantizerFit:
     try:
         return fit_codebook(
             mu,
             sigma,
-            q.k,
+            k,
             q.metric,
             per_position=q.codebook == "per-position",
             seed=seed,
@@ -271,18 +309,29 @@ def _fit(
             knn=q.knn,
             edge_weight=q.edge_weight,
             device=device,
+            codeword=q.codeword,
+            levels=scalar_levels(q, mu.shape[-1]) if q.metric == "scalar" else None,
         )
     except ValueError as error:
         raise GeovqError(str(error)) from None
 
 
-def _check_sizes(q: QuantizeSettings, fit_mu: torch.Tensor) -> None:
-    """K and the graph's k must fit the number of points each codebook is fitted on."""
-    n_images, chunks = fit_mu.shape[:2]
+def _check_sizes(q: QuantizeSettings, k: int, fit_mu: torch.Tensor) -> None:
+    """K and the graph's k must fit the number of points each codebook is fitted on; scalar
+    levels must give one count per chunk dimension."""
+    n_images, chunks, chunk_dim = fit_mu.shape
     points = n_images if q.codebook == "per-position" else n_images * chunks
-    if q.k > points:
+    if q.metric == "scalar":
+        if q.levels is not None and len(q.levels) != chunk_dim:
+            raise GeovqError(
+                f"--levels {','.join(map(str, q.levels))} gives {len(q.levels)} levels but a "
+                f"chunk has {chunk_dim} dimensions; pass {chunk_dim} levels, e.g. --levels "
+                + ",".join(["4"] * chunk_dim)
+            )
+        return
+    if k > points:
         raise GeovqError(
-            f"--k {q.k} is more than the {points} points to fit; use --k {points} or less"
+            f"--k {k} is more than the {points} points to fit; use --k {points} or less"
         )
     if q.metric == "geodesic" and q.knn >= points:
         raise GeovqError(

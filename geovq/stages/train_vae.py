@@ -10,12 +10,20 @@ from geovq import GeovqError, memory
 from geovq.artifacts import VaeFiles, VaeMeta
 from geovq.data import Dataset, load_dataset, to_float
 from geovq.models.blocks import TRUNK_CHANNELS
-from geovq.models.vae import VAE, VAEConfig, kl_divergence, recon_kind, reconstruction_loss
+from geovq.models.rate_control import RateController, bits_to_nats
+from geovq.models.vae import (
+    VAE,
+    VAEConfig,
+    free_bits_kl,
+    kl_divergence,
+    recon_kind,
+    reconstruction_loss,
+)
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Settings
 from geovq.stages.record import StageResult, StageRun, fmt, stage
-from geovq.training import TrainConfig, resolve_device, train
+from geovq.training import TrainConfig, checkpoint_history, resolve_device, train
 
 EVAL_BATCH = 1000
 
@@ -58,18 +66,23 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     model = VAE(config).to(device)
     train_images = dataset.splits["train"].images.to(device)
     test_images = dataset.splits["test"].images.to(device)
-    beta = settings.vae.beta
+    controller = _controller(settings, run_dir, files.checkpoint)
+    free_bits = settings.vae.free_bits
 
     def step(batch, generator):
         images = to_float(batch[0])
         logits, mu, logvar = model(images, generator)
         rec = reconstruction_loss(logits, images, recon)
         kl = kl_divergence(mu, logvar)
-        loss = rec + beta * kl
+        penalty = free_bits_kl(mu, logvar, free_bits) if free_bits else kl
+        beta = controller.beta
+        loss = rec + beta * penalty
+        controller.update(kl.detach())
         return loss, {"loss": loss, "recon": rec, "kl": kl}
 
     def evaluate() -> dict[str, float]:
-        return evaluate_vae(model, test_images, recon, beta, settings.seed)
+        figures = evaluate_vae(model, test_images, recon, controller.beta, settings.seed)
+        return {**figures, **controller.state()}
 
     result = train(
         model,
@@ -91,10 +104,14 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     final = result.history[-1] if result.history else {}
     meta = VaeMeta(json.loads(config.to_json()), recon, json.loads(settings.data.model_dump_json()))
     record.write(files.vae, model.state_dict(), meta.to_metadata())
+    target = settings.vae.target_rate
     metrics = {
         "test_loss": final.get("test_loss"),
         "test_mse_per_pixel": final.get("test_mse_per_pixel"),
         "test_kl": final.get("test_kl"),
+        "test_bits": final["test_kl"] / bits_to_nats(1) if final else None,
+        "target_rate_bits": target,
+        "beta": final.get("beta"),
         "train_loss": final.get("train_loss"),
         "images_per_s": round(result.images_per_s, 1),
         "epochs": settings.vae.epochs,
@@ -106,7 +123,16 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     record.finish(metrics)
     rows = [
         [k, fmt(metrics[k])]
-        for k in ("train_loss", "test_loss", "test_mse_per_pixel", "test_kl", "images_per_s")
+        for k in (
+            "train_loss",
+            "test_loss",
+            "test_mse_per_pixel",
+            "test_kl",
+            "test_bits",
+            "target_rate_bits",
+            "beta",
+            "images_per_s",
+        )
     ]
     notes = [dataset.source_note] if dataset.source_note else []
     return StageResult(
@@ -145,6 +171,34 @@ def _check_memory(config: VAEConfig, batch_size: int, device: torch.device) -> N
         f"train-vae with a latent of {config.total_latent_dim} dims",
         "use a smaller --latent-dim",
     )
+
+
+def _controller(settings: Settings, run_dir: RunDir, checkpoint: str) -> RateController:
+    """β's controller: a fixed β when there is no target rate (a gain of zero in effect)."""
+    vae = settings.vae
+    if vae.target_rate is None:
+        return _FixedBeta(vae.beta)
+    if vae.beta <= 0:
+        raise GeovqError("--target-rate needs --beta > 0 to start from (e.g. --beta 1)")
+    controller = RateController(bits_to_nats(vae.target_rate), beta=vae.beta, gain=vae.rate_gain)
+    if vae.resume:
+        history = checkpoint_history(run_dir, checkpoint)
+        if history:
+            controller.restore(history[-1])
+    return controller
+
+
+class _FixedBeta:
+    """The controller's interface for a fixed β."""
+
+    def __init__(self, beta: float) -> None:
+        self.beta = beta
+
+    def update(self, kl) -> float:
+        return self.beta
+
+    def state(self) -> dict[str, float]:
+        return {"beta": self.beta}
 
 
 def _recorded_settings(settings: Settings) -> dict:

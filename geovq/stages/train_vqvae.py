@@ -27,8 +27,14 @@ EVAL_BATCH = 1000
 
 
 def default_name(settings: Settings) -> str:
-    height, width = parse_grid(settings.vqvae.grid)
-    return settings.vqvae.name or f"vqvae-{height}x{width}-k{settings.vqvae.k}"
+    """``vqvae-{H}x{W}-k{K}``, or ``fsq-{H}x{W}-l{levels}`` (e.g. fsq-7x7-l4-4-4-4)."""
+    vq = settings.vqvae
+    height, width = parse_grid(vq.grid)
+    if vq.name:
+        return vq.name
+    if vq.quantizer == "fsq":
+        return f"fsq-{height}x{width}-l{'-'.join(map(str, vq.levels))}"
+    return f"vqvae-{height}x{width}-k{vq.k}"
 
 
 def stage_key(name: str) -> str:
@@ -53,7 +59,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
 
     model = VQVAE(config, seed=settings.seed).to(device)
     images = {split: data.images.to(device) for split, data in dataset.splits.items()}
-    if settings.vqvae.init == "kmeans" and not settings.vqvae.resume:
+    if config.quantizer == "vq" and settings.vqvae.init == "kmeans" and not settings.vqvae.resume:
         _init_codebook_by_kmeans(model, images["train"], settings.seed)
     recon = recon_kind(settings.vqvae.recon_loss, config.channels)
     beta = config.beta
@@ -84,7 +90,13 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         json.loads(config.to_json()), recon, json.loads(data_settings.model_dump_json())
     )
     record.write(quant.model, model.state_dict(), meta.to_metadata())
-    codes_meta = CodesMeta(kind="vqvae", k=config.k, grid=config.grid, source=quant.source)
+    codes_meta = CodesMeta(
+        kind="vqvae",
+        k=config.k,
+        grid=config.grid,
+        source=quant.source,
+        metric="fsq" if config.quantizer == "fsq" else None,
+    )
     codebook = model.quantizer.codebook.detach()
     record.write(quant.codebook, {"codebook": codebook}, codes_meta.to_metadata())
     codes, split_metrics = {}, {}
@@ -98,6 +110,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "name": name,
         "kind": "vqvae",
         "trunk": config.trunk,
+        "quantizer": config.quantizer,
+        "levels": list(config.levels),
         "grid": list(config.grid),
         "k": config.k,
         "bits_per_image": config.bits_per_image,
@@ -208,20 +222,21 @@ def _config(settings: Settings, dataset: Dataset, trunk: str) -> VQVAEConfig:
     channels, height, width = dataset.image_shape
     grid_h, grid_w = parse_grid(settings.vqvae.grid)
     vq = settings.vqvae
-    config = VQVAEConfig(
-        channels=channels,
-        height=height,
-        width=width,
-        grid_h=grid_h,
-        grid_w=grid_w,
-        k=vq.k,
-        codebook_dim=vq.codebook_dim,
-        beta=vq.beta,
-        codebook_update=vq.codebook_update,
-        ema_decay=vq.ema_decay,
-        dead_code_restart=vq.dead_code_restart,
-        trunk=trunk,
-    )
+    shape = {"channels": channels, "height": height, "width": width}
+    shape.update(grid_h=grid_h, grid_w=grid_w, trunk=trunk)
+    # levels are checked by the settings; only the grid can still be wrong here
+    if vq.quantizer == "fsq":
+        config = VQVAEConfig.fsq(vq.levels, **shape)
+    else:
+        config = VQVAEConfig(
+            **shape,
+            k=vq.k,
+            codebook_dim=vq.codebook_dim,
+            beta=vq.beta,
+            codebook_update=vq.codebook_update,
+            ema_decay=vq.ema_decay,
+            dead_code_restart=vq.dead_code_restart,
+        )
     try:
         validate_config(config)
     except ValueError as error:

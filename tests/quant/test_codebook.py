@@ -171,3 +171,17 @@ def test_codes_map_to_numpy_dtype():
     assert codes.dtype == torch.int64 and codes.shape == (20, L)
     assert int(codes.min()) >= 0 and int(codes.max()) < 5
     assert np.isin(codes.numpy(), np.arange(5)).all()
+
+
+def test_geodesic_barycenter_codewords_are_the_cell_means():
+    mu, sigma = chunk_gaussians(60, 2)
+    medoid = fit_codebook(mu, sigma, 6, "geodesic", seed=0, knn=8)
+    bary = fit_codebook(mu, sigma, 6, "geodesic", seed=0, knn=8, codeword="barycenter")
+    assert torch.equal(medoid.codes, bary.codes)  # same partition, other codewords
+    flat_mu, flat_sigma = mu.reshape(-1, C), sigma.reshape(-1, C)
+    for cell in range(6):
+        members = bary.codes.reshape(-1) == cell
+        assert torch.allclose(bary.codebook.mu[cell], flat_mu[members].mean(0), atol=1e-6)
+        assert torch.allclose(bary.codebook.sigma[cell], flat_sigma[members].mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="codeword"):
+        fit_codebook(mu, sigma, 6, "geodesic", codeword="centroid")

@@ -29,10 +29,18 @@ def test_quick_run_does_the_whole_study(quick_run):
         "train-vae",
         "train-vae/spatial",
         "quantize/geodesic-k32",
+        "quantize/geodesic-bary-k32",
+        "quantize/scalar-k32",
+        "quantize/scalar-k32-spatial",
         "train-vqvae/vqvae-7x7-k32",
+        "train-vqvae/fsq-2x4-l8-4",
         "compare",
     ):
         assert key in stages
+    manifest = json.loads((run / "manifest.json").read_text())["stages"]
+    # equal budget: the end-to-end models train VAE epochs + refit epochs (1 + 1 in quick)
+    assert manifest["train-vqvae/fsq-2x4-l8-4"]["settings"]["vqvae"]["epochs"] == 2
+    assert manifest["train-vae"]["settings"]["vae"]["target_rate"] == 64.0
     report = json.loads((run / "report/metrics.json").read_text())
     pairs = {(p["posthoc"], p["vqvae"]) for p in report["equal_rate_pairs"]}
     assert ("quant/w2-k32", "vqvae/vqvae-2x4-k32") in pairs

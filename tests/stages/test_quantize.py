@@ -149,3 +149,66 @@ def test_spatial_vae_gives_7x7_codes_and_392_bits(tmp_path):
     assert metrics["bits_per_image"] == 392 and metrics["grid"] == [7, 7]
     codes, _ = RunDir(run).load_tensors("quant/w2-k256-spatial/codes.safetensors", "codes")
     assert codes["test.codes"].shape == (16, 7, 7)
+
+
+def _quantize(run, **options):
+    from geovq.settings import load_settings
+    from geovq.stages import quantize
+
+    return quantize.run(load_settings({"run_dir": run, "device": "cpu", "quantize": options}))
+
+
+def test_scalar_quantize_packs_per_dimension_levels(tiny_run):
+    result = _quantize(tiny_run, metric="scalar", levels="2,2,4,4")
+    metrics = result.metrics
+    assert metrics["k"] == 64 and metrics["levels"] == [2, 2, 4, 4]
+    assert metrics["bits_per_image"] == pytest.approx(8 * 6)
+    run = RunDir(tiny_run)
+    codebook, meta = run.load_tensors("quant/scalar-k64/codebook.safetensors", "codebook")
+    codes, _ = run.load_tensors("quant/scalar-k64/codes.safetensors", "codes")
+    assert meta["k"] == "64" and codebook["mu"].shape == (64, 4)
+    latents, _ = run.load_tensors("latents.safetensors", "latents")
+    mu = latents["test.mu"].view(-1, 4).double()
+    # each code's digits are the nearest level of each dimension (brute force per dimension)
+    flat = codes["test.codes"].flatten()
+    for dim, (count, radix) in enumerate(zip((2, 2, 4, 4), (1, 2, 4, 16), strict=True)):
+        levels = codebook["mu"][torch.arange(count) * radix, dim].double()
+        nearest = (mu[:, dim : dim + 1] - levels).abs().argmin(1)
+        assert torch.equal((flat // radix) % count, nearest)
+
+
+def test_scalar_levels_must_fit_the_chunk(tiny_run):
+    from geovq import GeovqError
+
+    before = snapshot(tiny_run)
+    with pytest.raises(GeovqError, match="4 dimensions"):
+        _quantize(tiny_run, metric="scalar", levels="4,4")
+    assert snapshot(tiny_run) == before
+
+
+def test_geodesic_barycenter_is_its_own_source(tiny_run):
+    result = _quantize(tiny_run, metric="geodesic", k=8, codeword="barycenter")
+    assert (
+        result.metrics["name"] == "geodesic-bary-k8" and result.metrics["codeword"] == "barycenter"
+    )
+    run = RunDir(tiny_run)
+    codebook, _ = run.load_tensors("quant/geodesic-bary-k8/codebook.safetensors", "codebook")
+    codes, _ = run.load_tensors("quant/geodesic-bary-k8/codes.safetensors", "codes")
+    latents, _ = run.load_tensors("latents.safetensors", "latents")
+    mu = latents["train.mu"].view(-1, 4)
+    train_codes = codes["train.codes"].flatten()
+    for cell in train_codes.unique():
+        assert torch.allclose(codebook["mu"][cell], mu[train_codes == cell].mean(0), atol=1e-5)
+
+
+def test_scalar_levels_split_k_over_the_chunk_dimensions():
+    from geovq import GeovqError
+    from geovq.settings import QuantizeSettings
+    from geovq.stages.quantize import scalar_levels
+
+    assert scalar_levels(QuantizeSettings(metric="scalar", k=256), 4) == (4, 4, 4, 4)
+    assert scalar_levels(QuantizeSettings(metric="scalar", k=256), 2) == (16, 16)
+    assert scalar_levels(QuantizeSettings(metric="scalar", k=32), 4) == (4, 2, 2, 2)
+    assert scalar_levels(QuantizeSettings(metric="scalar", k=8, levels="2,4"), 2) == (2, 4)
+    with pytest.raises(GeovqError, match="--levels"):
+        scalar_levels(QuantizeSettings(metric="scalar", k=48), 4)

@@ -221,3 +221,26 @@ def test_train_vae_on_fashion_mnist_names_the_files_it_read(tmp_path, monkeypatc
         "train-vae", "--run-dir", tmp_path / "run2", "--dataset", "fashion-mnist", *TINY[2:]
     )
     assert "train-images-idx3-ubyte.gz" in table.stdout
+
+
+def test_target_rate_records_beta_and_the_achieved_rate(tmp_path):
+    from geovq.stages import train_vae
+    from tests.helpers import tiny_settings
+
+    settings = tiny_settings(
+        tmp_path / "run", vae={"epochs": 2, "target_rate": 500.0, "rate_gain": 0.05}
+    )
+    result = train_vae.run(settings)
+    history = result.metrics["history"]
+    assert [record["epoch"] for record in history] == [1, 2]
+    # the KL starts far below 500 bits, so beta falls below its starting 1 every epoch
+    assert 1.0 > history[0]["beta"] > history[1]["beta"] > 0
+    assert result.metrics["target_rate_bits"] == 500.0
+    assert result.metrics["test_bits"] == pytest.approx(history[-1]["test_kl"] / 0.6931471805599453)
+    # resuming restores beta from the checkpoint, so two more epochs continue the same descent
+    resumed = train_vae.run(
+        settings.model_copy(
+            update={"vae": settings.vae.model_copy(update={"epochs": 3, "resume": True})}
+        )
+    )
+    assert resumed.metrics["history"][-1]["beta"] < history[1]["beta"]

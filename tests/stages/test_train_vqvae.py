@@ -115,3 +115,46 @@ def test_the_baseline_uses_the_vae_trunk(tmp_path):
     with pytest.raises(GeovqError, match="--trunk reference differs from the run's residual"):
         train_vqvae.run(tiny_settings(run_dir, vqvae={**vq, "trunk": "reference", "name": "b"}))
     assert snapshot(run_dir) == before
+
+
+def test_fsq_writes_the_same_code_format_and_feeds_the_prior(tiny_run):
+    from geovq.models.fsq import FiniteScalarQuantizer
+    from geovq.settings import load_settings
+    from geovq.stages import train_prior, train_vqvae
+
+    overrides = {"run_dir": tiny_run, "device": "cpu"}
+    vqvae = {"quantizer": "fsq", "levels": "8,8,4", "grid": "2x4", "epochs": 1}
+    result = train_vqvae.run(load_settings({**overrides, "vqvae": vqvae}))
+    name = "vqvae/fsq-2x4-l8-8-4"
+    assert result.metrics["name"] == "fsq-2x4-l8-8-4"
+    assert result.metrics["bits_per_image"] == pytest.approx(64.0)  # 8 x (3 + 3 + 2) bits
+    run = RunDir(tiny_run)
+    codes, meta = run.load_tensors(f"{name}/codes.safetensors", "codes")
+    assert meta["k"] == "256" and meta["metric"] == "fsq"
+    assert codes["test.codes"].shape == (64, 2, 4) and int(codes["test.codes"].max()) < 256
+    weights, model_meta = run.load_tensors(f"{name}/model.safetensors", "model")
+    model = VQVAE(VQVAEConfig.from_json(model_meta["config"]))
+    model.load_state_dict(weights)
+    from geovq.data import load_dataset
+    from geovq.settings import DataSettings
+
+    images = to_float(load_dataset(DataSettings(limit=64)).splits["test"].images)
+    with torch.no_grad():
+        z_e = model.encode(images).reshape(-1, 3)
+    # the codes are the mixed-radix digits of the rounded bounded encoder outputs
+    quantizer = FiniteScalarQuantizer((8, 8, 4))
+    digits = torch.round(quantizer.bound(z_e)) + torch.tensor([4.0, 4.0, 2.0])
+    expected = (digits[:, 0] + 8 * digits[:, 1] + 64 * digits[:, 2]).long()
+    assert torch.equal(expected.view(64, 2, 4), codes["test.codes"])
+    prior = train_prior.run(
+        load_settings({**overrides, "prior": {"source": name, "epochs": 1, "layers": 2}})
+    )
+    assert prior.metrics
+
+
+def test_fsq_levels_below_three_are_refused(tiny_run):
+    from geovq import GeovqError
+    from geovq.settings import load_settings
+
+    with pytest.raises(GeovqError, match="levels >= 3"):
+        load_settings({"run_dir": tiny_run, "vqvae": {"quantizer": "fsq", "levels": "2,4"}})
