@@ -17,9 +17,21 @@ from tests.helpers import cli
 
 COMMANDS = {info.name: info.callback for info in app.registered_commands}
 # Settings only `geovq run`'s plan reads; they have no flag of their own (TOML, env, --set).
-NO_FLAG = {f"study.{name}" for name in ("metrics", "spatial", "spatial_metrics")} | {
-    f"study.{name}" for name in ("per_position_metrics", "vqvae_grids", "refit", "priors")
-}
+NO_FLAG = (
+    {f"study.{name}" for name in ("metrics", "spatial", "spatial_metrics")}
+    | {f"study.{name}" for name in ("per_position_metrics", "vqvae_grids", "refit", "priors")}
+    | {
+        f"study.{name}"
+        for name in (
+            "geodesic_codewords",
+            "flat_target_rate",
+            "spatial_target_rate",
+            "spatial_channels",
+            "equal_epochs",
+            "fsq",
+        )
+    }
+)
 
 
 def all_fields(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, Any]:
@@ -56,8 +68,8 @@ def help_of(*args: str) -> str:
 def expected_default(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list):
-        return ",".join(value) or "none"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "none"
     return str(value)
 
 
@@ -89,7 +101,7 @@ def test_completion_script_and_choices_complete():
         "COMP_CWORD": "3",
     }
     done = CliRunner().invoke(app, [], env=env, prog_name="geovq")
-    assert done.stdout.split() == ["euclidean", "w2", "geodesic"]
+    assert done.stdout.split() == ["euclidean", "w2", "geodesic", "scalar"]
 
 
 @pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"info"}))
