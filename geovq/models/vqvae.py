@@ -51,6 +51,10 @@ class VQVAEConfig:
     quantizer: str = "vq"
     levels: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        # JSON metadata gives the levels back as a list
+        object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
+
     @classmethod
     def fsq(cls, levels: tuple[int, ...], **fields) -> VQVAEConfig:
         """An FSQ config: k and codebook_dim follow from the levels."""

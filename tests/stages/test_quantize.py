@@ -166,7 +166,7 @@ def test_scalar_quantize_packs_per_dimension_levels(tiny_run):
     run = RunDir(tiny_run)
     codebook, meta = run.load_tensors("quant/scalar-k64/codebook.safetensors", "codebook")
     codes, _ = run.load_tensors("quant/scalar-k64/codes.safetensors", "codes")
-    assert meta["k"] == "64" and codebook["mu"].shape == (64, 4)
+    assert int(meta["k"]) == 64 and codebook["mu"].shape == (64, 4)
     latents, _ = run.load_tensors("latents.safetensors", "latents")
     mu = latents["test.mu"].view(-1, 4).double()
     # each code's digits are the nearest level of each dimension (brute force per dimension)

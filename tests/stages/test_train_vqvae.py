@@ -130,10 +130,10 @@ def test_fsq_writes_the_same_code_format_and_feeds_the_prior(tiny_run):
     assert result.metrics["bits_per_image"] == pytest.approx(64.0)  # 8 x (3 + 3 + 2) bits
     run = RunDir(tiny_run)
     codes, meta = run.load_tensors(f"{name}/codes.safetensors", "codes")
-    assert meta["k"] == "256" and meta["metric"] == "fsq"
+    assert int(meta["k"]) == 256 and meta["metric"] == "fsq"
     assert codes["test.codes"].shape == (64, 2, 4) and int(codes["test.codes"].max()) < 256
     weights, model_meta = run.load_tensors(f"{name}/model.safetensors", "model")
-    model = VQVAE(VQVAEConfig.from_json(model_meta["config"]))
+    model = VQVAE(VQVAEConfig(**model_meta["config"]))
     model.load_state_dict(weights)
     from geovq.data import load_dataset
     from geovq.settings import DataSettings
