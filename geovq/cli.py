@@ -12,7 +12,7 @@ code cannot disagree; the flag is ``--`` + the field name in kebab case unless n
 to None and only flags the user typed become overrides (``g.overrides``), so a config file or
 the environment is never silently beaten by an unset flag's default. Every command also takes
 the global options (``--run-dir``, ``--config``, ``--device``, ``--seed``, ``--force``,
-``--quiet``, ``--json``).
+``--set``, ``--quiet``, ``--json``); ``--set PATH=VALUE`` reaches any field, flag or not.
 """
 
 import functools
@@ -27,12 +27,19 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
-from pydantic.fields import FieldInfo
 from rich.markup import escape
 
 from geovq import Interrupted, __version__
 from geovq.progress import make_progress
-from geovq.settings import Preset, Settings, TrainSettings, load_settings
+from geovq.settings import (
+    Preset,
+    TrainSettings,
+    format_value,
+    literal_choices,
+    load_settings,
+    put_setting,
+    setting_paths,
+)
 from geovq.stages.record import StageResult
 
 app = typer.Typer(
@@ -54,37 +61,10 @@ _OUTPUT_FIELDS = {"quantize.name", "vqvae.name", "sample.out", "extract.as_name"
 
 @dataclass(frozen=True)
 class _Target:
-    """Marks a CLI parameter as setting these settings fields (dotted paths)."""
+    """Marks a CLI parameter as setting these settings fields (dotted paths) via ``flag``."""
 
     paths: tuple[str, ...]
-
-
-def settings_field(path: str) -> FieldInfo:
-    """The pydantic field behind a dotted settings path (``"quantize.k"``)."""
-    model: Any = Settings
-    *sections, name = path.split(".")
-    for section in sections:
-        model = model.model_fields[section].annotation
-    return model.model_fields[name]
-
-
-def show_value(value: Any) -> str:
-    """A default as the user would type it: ``false``, ``w2``, ``euclidean,w2``."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return ",".join(show_value(v) for v in value) or "none"
-    return str(value)
-
-
-def _choices(annotation: Any) -> tuple[Any, ...]:
-    """The values of a Literal, possibly inside ``X | None`` or ``list[...]``."""
-    if get_origin(annotation) is Literal:
-        return get_args(annotation)
-    for arg in get_args(annotation):
-        if found := _choices(arg):
-            return found
-    return ()
+    flag: str
 
 
 def _cli_type(annotation: Any) -> Any:
@@ -111,9 +91,10 @@ def setting(
     metavar: str | None = None,
 ) -> Any:
     """``Annotated`` type of a CLI option that sets settings field ``path`` (and ``also``)."""
-    info = settings_field(path)
+    info = setting_paths()[path]
     name = path.rsplit(".", 1)[-1]
-    choices = [show_value(c) for c in _choices(info.annotation)]
+    flags = flags or ("--" + name.replace("_", "-"),)
+    choices = [format_value(c) for c in literal_choices(info.annotation)]
     cli_type = _cli_type(info.annotation)
     description = help or info.description or ""
     if choices and get_origin(cli_type) is list:  # repeatable: name the choices in the text
@@ -122,19 +103,19 @@ def setting(
     elif choices:
         metavar = metavar or "<" + "|".join(choices) + ">"
     option = typer.Option(
-        *(flags or ["--" + name.replace("_", "-")]),
+        *flags,
         help=help_text(description, info.get_default()),
         metavar=metavar,
         autocompletion=(lambda: choices) if choices else None,
         rich_help_panel=panel or _panel(path),
     )
-    return Annotated[cli_type | None, option, _Target((path, *also))]
+    return Annotated[cli_type | None, option, _Target((path, *also), flags[0])]
 
 
 def help_text(description: str, default: Any) -> str:
     """``description [default: VALUE]`` with Rich markup escaped; no default shown for None."""
     if default is not None:
-        description = f"{description} [default: {show_value(default)}]"
+        description = f"{description} [default: {format_value(default)}]"
     return escape(description)
 
 
@@ -156,7 +137,9 @@ class Globals:
     config: Path | None = None
     quiet: bool | None = None
     json: bool | None = None
+    sets: list[str] = field(default_factory=list)  # --set SECTION.FIELD=VALUE, in order
     overrides: dict[str, Any] = field(default_factory=dict)  # the settings the user typed
+    origins: dict[str, str] = field(default_factory=dict)  # settings path -> its flag
 
 
 _GLOBAL_OPTIONS: list[tuple[str, Any]] = [
@@ -175,6 +158,19 @@ _GLOBAL_OPTIONS: list[tuple[str, Any]] = [
     ("device", setting("device")),
     ("seed", setting("seed")),
     ("force", setting("force")),
+    (
+        "sets",
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--set",
+                metavar="SECTION.FIELD=VALUE",
+                help="Any setting, e.g. --set vae.epochs=5 (repeatable; same rank as a flag, "
+                "applied after the flags; a list takes commas). `geovq config show` lists them.",
+                rich_help_panel=GLOBAL,
+            ),
+        ],
+    ),
     (
         "quiet",
         Annotated[
@@ -199,17 +195,11 @@ def _target(annotation: Any) -> _Target | None:
     return found[0] if found else None
 
 
-def _put(tree: dict[str, Any], path: str, value: Any) -> None:
-    *sections, name = path.split(".")
-    for section in sections:
-        tree = tree.setdefault(section, {})
-    tree[name] = value
-
-
-def command(name: str, without: tuple[str, ...] = ()) -> Callable:
-    """Register ``fn(g: Globals, **options)`` as subcommand ``name`` with the global options,
-    except those in ``without`` (which the command defines its own way). Options made with
-    ``setting`` land in ``g.overrides``; the others reach ``fn`` as keyword arguments."""
+def command(name: str, without: tuple[str, ...] = (), group: typer.Typer = app) -> Callable:
+    """Register ``fn(g: Globals, **options)`` as subcommand ``name`` of ``group`` with the
+    global options, except those in ``without`` (which the command defines its own way).
+    Options made with ``setting`` land in ``g.overrides``; the others reach ``fn`` as
+    keyword arguments."""
 
     def register(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
@@ -232,16 +222,17 @@ def command(name: str, without: tuple[str, ...] = ()) -> Callable:
                     and not (isinstance(value, list) and not value)
                 ):
                     for path in target.paths:
-                        _put(g.overrides, path, value)
-            for key in ("config", "quiet", "json"):
+                        put_setting(g.overrides, path, value)
+                        g.origins[path] = target.flag
+            for key in ("config", "quiet", "json", "sets"):
                 if key not in without:
-                    setattr(g, key, kwargs.pop(key))
+                    setattr(g, key, kwargs.pop(key) or getattr(g, key))
             own_names = {p.name for p in own}
             fn(g, **{k: v for k, v in kwargs.items() if k in own_names})
 
         wrapper.__signature__ = signature.replace(parameters=own + extra)
         wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
-        app.command(name, help=inspect.getdoc(fn))(wrapper)
+        group.command(name, help=inspect.getdoc(fn))(wrapper)
         return fn
 
     return register
@@ -271,14 +262,21 @@ def _root(
 def run_stage(
     g: Globals,
     stage: Callable[..., StageResult],
-    preset: Callable[[], dict[str, Any]] | None = None,
+    preset: str | None = None,
 ) -> None:
     """Build settings, run the stage, print its result; every failure becomes one stderr line."""
     quiet = bool(g.quiet or g.json)
     progress = make_progress(quiet)
     try:
-        values = preset() if preset else None
-        settings = load_settings(g.overrides, config=g.config, preset=values)
+        values = _preset_values(preset) if preset else None
+        settings = load_settings(
+            g.overrides,
+            config=g.config,
+            preset=values,
+            preset_name=preset,
+            assignments=g.sets,
+            origins=g.origins,
+        )
         result = stage(settings, progress)
     except BaseException as error:  # noqa: BLE001 - the edge: one line for every failure
         progress.close()
@@ -299,6 +297,12 @@ def failure_line(error: BaseException) -> tuple[str | None, int]:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted; the run directory keeps its previous state", EXIT_INTERRUPTED
     return describe_failure(error), EXIT_USER_ERROR
+
+
+def _preset_values(name: str) -> dict[str, Any]:
+    from geovq.stages.pipeline import preset_values
+
+    return preset_values(name)
 
 
 def _fail(message: str, code: int) -> None:
@@ -515,19 +519,22 @@ def compare_command(
     run_stage(g, compare.run)
 
 
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        metavar="<" + "|".join(get_args(Preset)) + ">",
+        autocompletion=lambda: list(get_args(Preset)),
+        help=help_text("Named settings for the study.", "default"),
+        rich_help_panel=GLOBAL,
+    ),
+]
+
+
 @command("run", without=("force",))
 def run_command(
     g: Globals,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            "--preset",
-            metavar="<" + "|".join(get_args(Preset)) + ">",
-            autocompletion=lambda: list(get_args(Preset)),
-            help=help_text("Named settings for the study.", "default"),
-            rich_help_panel=GLOBAL,
-        ),
-    ] = None,
+    preset: PresetOption = None,
     force: setting(
         "study.redo",
         "--force",
@@ -547,7 +554,7 @@ def run_command(
     """The whole study: VAEs, quantizations, refits, VQ-VAEs, priors, samples, compare."""
     from geovq.stages import pipeline
 
-    run_stage(g, pipeline.run, preset=lambda: pipeline.preset_values(preset or "default"))
+    run_stage(g, pipeline.run, preset=preset or "default")
 
 
 @command("info")
@@ -556,6 +563,30 @@ def info_command(g: Globals) -> None:
     from geovq.stages import info
 
     run_stage(g, info.run)
+
+
+config_app = typer.Typer(
+    help="The settings: what is in effect and why, or a geovq.toml to start from.",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
+
+
+@command("show", group=config_app)
+def config_show_command(g: Globals, preset: PresetOption = None) -> None:
+    """Every setting with its value and its source: default, preset, config file and key,
+    environment variable, flag or --set."""
+    from geovq.stages import config
+
+    run_stage(g, config.show, preset=preset)
+
+
+@command("init", group=config_app)
+def config_init_command(g: Globals) -> None:
+    """Write a commented RUN/geovq.toml that restates every default (--force replaces one)."""
+    from geovq.stages import config
+
+    run_stage(g, config.init)
 
 
 def main() -> None:

@@ -7,18 +7,23 @@ here so the CLI, the Python API and the config file all get the same errors.
 
 from __future__ import annotations
 
+import copy
+import difflib
+import os
 import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
+    TomlConfigSettingsSource,
 )
 
 from geovq import GeovqError
@@ -49,6 +54,33 @@ def parse_grid(text: str) -> tuple[int, int]:
     if not match or int(match[1]) < 1 or int(match[2]) < 1:
         raise GeovqError(f"grid {text!r} is not of the form HxW with H, W >= 1 (e.g. 2x4)")
     return int(match[1]), int(match[2])
+
+
+def _check_grid(text: str) -> None:
+    """parse_grid for a validator: a ValueError, so the error names where the value came from."""
+    try:
+        parse_grid(text)
+    except GeovqError as error:
+        raise ValueError(str(error)) from None
+
+
+def format_value(value: Any) -> str:
+    """A value as a user types it on the command line: ``false``, ``w2``, ``euclidean,w2``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return ",".join(format_value(v) for v in value) or "none"
+    return str(value)
+
+
+def literal_choices(annotation: Any) -> tuple[Any, ...]:
+    """The values of a Literal, also inside ``X | None`` or ``list[...]``; () for none."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    for arg in get_args(annotation):
+        if found := literal_choices(arg):
+            return found
+    return ()
 
 
 class Section(BaseModel):
@@ -159,7 +191,7 @@ class QuantizeSettings(Section):
     @classmethod
     def _grid(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_grid(value)
+            _check_grid(value)
         return value
 
     _name = field_validator("name")(_check_name)
@@ -221,7 +253,7 @@ class VqvaeSettings(TrainSettings):
     @field_validator("grid")
     @classmethod
     def _grid(cls, value: str) -> str:
-        parse_grid(value)
+        _check_grid(value)
         return value
 
     _name = field_validator("name")(_check_name)
@@ -321,7 +353,7 @@ class StudySettings(Section):
     def _grids(cls, values: list[str]) -> list[str]:
         for value in values:
             if value != "trunk":
-                parse_grid(value)
+                _check_grid(value)
         return values
 
 
@@ -349,6 +381,7 @@ class Settings(BaseSettings):
     sample: SampleSettings = SampleSettings()
     compare: CompareSettings = CompareSettings()
     study: StudySettings = StudySettings()
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)  # path -> where it came from
 
     @classmethod
     def settings_customise_sources(
@@ -359,73 +392,145 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: flags (init) > environment > TOML file > preset > defaults.
-        return (init_settings, env_settings, _TomlSource(settings_cls), _PresetSource(settings_cls))
+        # First wins: flags and --set (init) > environment > TOML file > preset > defaults.
+        toml = _toml.get() or _PresetSource(settings_cls, {})
+        return (init_settings, env_settings, toml, _PresetSource(settings_cls, _preset.get()))
 
 
-_config_file: ContextVar[Path | None] = ContextVar("geovq_config_file", default=None)
+# The TOML source and the preset of the ``load_settings`` call in progress.
+_toml: ContextVar[TomlConfigSettingsSource | None] = ContextVar("geovq_toml", default=None)
 _preset: ContextVar[dict[str, Any] | None] = ContextVar("geovq_preset", default=None)
+
+# GEOVQ_ environment variables that are not settings.
+ENV_NOT_SETTINGS = {"GEOVQ_DEBUG"}
+ENV_PREFIX = "GEOVQ_"
 
 
 class _PresetSource(PydanticBaseSettingsSource):
-    """A ``geovq run --preset``'s values: just above the defaults, below everything else."""
+    """Fixed values (a ``geovq run --preset``): just above the defaults, below everything else."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any] | None) -> None:
+        super().__init__(settings_cls)
+        self.values = values or {}
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return _preset.get() or {}
+        return self.values
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    """Reads the TOML config chosen by ``load_settings`` (none: contributes nothing)."""
+def setting_paths(model: type[BaseModel] | None = None, prefix: str = "") -> dict[str, FieldInfo]:
+    """Every leaf setting by dotted path (``"quantize.k"``), in declaration order."""
+    found: dict[str, FieldInfo] = {}
+    for name, info in (model or Settings).model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            found.update(setting_paths(info.annotation, f"{prefix}{name}."))
+        else:
+            found[prefix + name] = info
+    return found
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
-    def __call__(self) -> dict[str, Any]:
-        path = _config_file.get()
-        if path is None:
-            return {}
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise GeovqError(f"config file {path} is not valid TOML in UTF-8: {error}") from None
-        except OSError as error:
-            raise GeovqError(f"cannot read config file {path} ({error.strerror})") from None
-        for key, value in values.items():
-            if isinstance(getattr(Settings.model_fields.get(key), "annotation", None), type) and (
-                issubclass(Settings.model_fields[key].annotation, BaseModel)
-                and not isinstance(value, dict)
-            ):
-                raise GeovqError(
-                    f"config file {path}: {key} = {value!r} is not a table; write [{key}] "
-                    "and its settings below it"
-                )
-        return values
+def env_name(path: str) -> str:
+    """``quantize.k`` -> ``GEOVQ_QUANTIZE__K``."""
+    return ENV_PREFIX + path.upper().replace(".", "__")
+
+
+def _suggest(wrong: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(wrong, known, n=1)
+    return f"did you mean {close[0]}?" if close else "remove it or check its spelling"
+
+
+def _environment_paths(environ: dict[str, str]) -> dict[str, str]:
+    """Settings path -> the GEOVQ_ variable that sets it; GeovqError for an unknown one."""
+    paths = list(setting_paths())
+    known = {env_name(p): p for p in paths}
+    known.update({env_name(p.split(".")[0]): p.split(".")[0] for p in paths})
+    found = {}
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in ENV_NOT_SETTINGS:
+            continue
+        if upper not in known:
+            hint = _suggest(upper, [*known, *ENV_NOT_SETTINGS])
+            raise GeovqError(f"unknown environment variable {name}; {hint}")
+        found[known[upper]] = name
+    return found
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``--set SECTION.FIELD=VALUE`` -> (path, value); a list setting takes commas (``a,b``).
+    The value stays text: the model validates it as it does an environment variable."""
+    path, sep, value = text.partition("=")
+    path = path.strip()
+    fields = setting_paths()
+    if not sep or not path:
+        raise GeovqError(f"--set {text!r} is not SECTION.FIELD=VALUE (e.g. --set vae.epochs=5)")
+    if path not in fields:
+        raise GeovqError(f"--set {text}: unknown setting {path!r}; {_suggest(path, list(fields))}")
+    if get_origin(fields[path].annotation) is list:
+        return path, [part.strip() for part in value.split(",") if part.strip()]
+    return path, value.strip()
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.extend(_leaves(value, f"{prefix}{key}."))
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def put_setting(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Set dotted ``path`` in a nested dict of overrides."""
+    *sections, name = path.split(".")
+    for section in sections:
+        tree = tree.setdefault(section, {})
+    tree[name] = value
 
 
 def load_settings(
     overrides: dict[str, Any] | None = None,
     config: Path | None = None,
     preset: dict[str, Any] | None = None,
+    *,
+    assignments: list[str] | tuple[str, ...] = (),
+    origins: dict[str, str] | None = None,
+    preset_name: str | None = None,
 ) -> Settings:
-    """Build Settings from every source; ``overrides`` are nested flags the user actually set.
+    """Build Settings from every source; ``overrides`` are nested flags the user actually set
+    (``origins`` names each one's flag), ``assignments`` are ``--set PATH=VALUE`` texts.
 
     The TOML file is ``config`` if given, else ``geovq.toml`` in the run directory (which
-    itself may come from the flags or the environment).
+    itself may come from the flags or the environment). Any error names the source of the
+    bad value: the flag, the environment variable, or the file and key. The result's
+    ``sources`` maps every set path to where its value came from.
     """
-    overrides = overrides or {}
+    overrides = copy.deepcopy(overrides or {})
+    labels = {path: "the overrides argument" for path in _leaves(overrides)} | dict(origins or {})
+    for text in assignments:
+        path, value = parse_assignment(text)
+        put_setting(overrides, path, value)
+        labels[path] = f"--set {text}"
     if config is not None and not Path(config).is_file():
         raise GeovqError(f"config file {config} does not exist; pass an existing --config path")
+    environment = _environment_paths(dict(os.environ))
     if config is None:
         config = _default_config(overrides)
-    token = _config_file.set(Path(config) if config else None)
+    toml = _read_toml(Path(config)) if config else None
+    sources = {p: f"preset {preset_name or ''}".strip() for p in _leaves(preset or {})}
+    if toml is not None:
+        sources |= {p: f"config file {config} (key {p})" for p in _leaves(toml.toml_data)}
+    sources |= {p: f"environment variable {name}" for p, name in environment.items()}
+    sources |= labels
+    toml_token = _toml.set(toml)
     preset_token = _preset.set(preset or {})
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as error:
-        raise GeovqError(_describe(error, config)) from None
+        raise GeovqError(_describe(error, sources)) from None
     except SettingsError as error:  # a GEOVQ_* variable that is not valid JSON for its field
         cause = f" ({error.__cause__})" if error.__cause__ else ""
         raise GeovqError(
@@ -433,38 +538,58 @@ def load_settings(
             "e.g. GEOVQ_STUDY__METRICS='[\"w2\"]')"
         ) from None
     finally:
-        _config_file.reset(token)
+        _toml.reset(toml_token)
         _preset.reset(preset_token)
+    settings._sources = sources
+    return settings
+
+
+def source_of(settings: Settings, path: str) -> str:
+    """Where ``path``'s value came from: a flag, ``--set``, an environment variable, a config
+    file and key, a preset, or ``default``."""
+    return _lookup(settings._sources, path) or "default"
+
+
+def _lookup(sources: dict[str, str], path: str) -> str | None:
+    """The source of ``path`` or of the nearest section above it that a source set whole."""
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        found = sources.get(".".join(parts[:end]))
+        if found:
+            return found
+    return None
+
+
+def _read_toml(path: Path) -> TomlConfigSettingsSource:
+    try:
+        toml = TomlConfigSettingsSource(Settings, toml_file=path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise GeovqError(f"config file {path} is not valid TOML in UTF-8: {error}") from None
+    except OSError as error:
+        raise GeovqError(f"cannot read config file {path} ({error.strerror})") from None
+    for key, value in toml.toml_data.items():
+        annotation = getattr(Settings.model_fields.get(key), "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if not isinstance(value, dict):
+                raise GeovqError(
+                    f"config file {path}: {key} = {value!r} is not a table; write [{key}] "
+                    "and its settings below it"
+                )
+    return toml
 
 
 def _default_config(overrides: dict[str, Any]) -> Path | None:
-    import os
-
     run_dir = overrides.get("run_dir") or os.environ.get("GEOVQ_RUN_DIR") or "runs/default"
     candidate = Path(run_dir) / CONFIG_NAME
     return candidate if candidate.is_file() else None
 
 
-# Settings whose command-line flag is not simply the field name.
-_FLAGS = {
-    "vae.name": "--vae",
-    "extract.as_name": "--as",
-    "sample.class_label": "--class",
-    "quantize.name": "--name",
-    "study.redo": "--force",
-    "vqvae.name": "--name",
-}
-
-
-def _describe(error: ValidationError, config: Path | None) -> str:
-    """One line naming the first bad setting, its value and the fix."""
+def _describe(error: ValidationError, sources: dict[str, str]) -> str:
+    """One line naming the first bad setting, its value, where it came from, and the fix."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    origin = f" (config file {config})" if config else ""
-    if first["type"] == "extra_forbidden":
-        return f"unknown setting {where!r}{origin}; remove it or check its spelling"
-    value = first.get("input")
     path = ".".join(str(part) for part in first["loc"] if not isinstance(part, int))
-    flag = _FLAGS.get(path, "--" + path.rsplit(".", 1)[-1].replace("_", "-"))
-    message = first["msg"].removeprefix("Value error, ")
-    return f"invalid value {value!r} for {flag} ({where}){origin}: {message}"
+    where = _lookup(sources, path) or "default"
+    if first["type"] == "extra_forbidden":
+        return f"unknown setting {path!r} from {where}; {_suggest(path, list(setting_paths()))}"
+    value, message = first.get("input"), first["msg"].removeprefix("Value error, ")
+    return f"invalid value {value!r} for {path} from {where}: {message}"
