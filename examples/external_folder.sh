@@ -5,7 +5,7 @@
 set -euo pipefail
 RUN=${1:?run directory with a trained VAE}
 FOLDER=${2:?image folder, e.g. digits/ with 0/ 1/ ... subfolders}
-GEOVQ=${GEOVQ:-geovq}
+source "$(dirname "$0")/find_geovq.sh"  # sets GEOVQ: .venv/bin/geovq or geovq on PATH
 
 $GEOVQ extract --run-dir "$RUN" --dataset "folder:$FOLDER" --as external
 $GEOVQ quantize --run-dir "$RUN" --metric w2 --name w2-external --force

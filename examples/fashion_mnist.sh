@@ -5,7 +5,7 @@
 set -euo pipefail
 RUN=${1:-runs/fashion}
 DATA_DIR=${DATA_DIR:-data}
-GEOVQ=${GEOVQ:-geovq}
+source "$(dirname "$0")/find_geovq.sh"  # sets GEOVQ: .venv/bin/geovq or geovq on PATH
 
 $GEOVQ train-vae --run-dir "$RUN" --dataset fashion-mnist --data-dir "$DATA_DIR"
 $GEOVQ extract --run-dir "$RUN"

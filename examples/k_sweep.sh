@@ -4,7 +4,7 @@
 # Usage: examples/k_sweep.sh [RUN_DIR]
 set -euo pipefail
 RUN=${1:-runs/by-hand}
-GEOVQ=${GEOVQ:-geovq}
+source "$(dirname "$0")/find_geovq.sh"  # sets GEOVQ: .venv/bin/geovq or geovq on PATH
 
 for k in 16 64 256 1024; do
   $GEOVQ quantize --run-dir "$RUN" --metric w2 --k "$k" --force

@@ -5,7 +5,7 @@
 set -euo pipefail
 RUN=${1:-runs/by-hand}
 K=${K:-256}
-GEOVQ=${GEOVQ:-geovq}
+source "$(dirname "$0")/find_geovq.sh"  # sets GEOVQ: .venv/bin/geovq or geovq on PATH
 
 $GEOVQ train-vae --run-dir "$RUN"
 $GEOVQ extract --run-dir "$RUN"

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,10 +97,38 @@ def test_bad_run_input(tmp_path, args, needle):
     assert not (tmp_path / "run").exists()
 
 
+def _activated_venv() -> dict[str, str]:
+    """Nothing when the repository has .venv/bin/geovq (make install); else what
+    `source .venv/bin/activate` sets for the venv running the tests, the README's other way."""
+    if (ROOT / ".venv/bin/geovq").exists():
+        return {}
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "geovq").exists():
+        pytest.skip("no .venv/bin/geovq here and no geovq beside this python: run make install")
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(bin_dir.parent),
+    }
+
+
+def test_example_without_geovq_says_how_to_get_it(tmp_path):
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # a checkout without .venv
+    env = {k: v for k, v in os.environ.items() if k != "GEOVQ"} | {"PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        ["bash", str(tmp_path / "examples/k_sweep.sh"), str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "make install" in done.stderr and "source .venv/bin/activate" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_example_script_runs_as_written(tmp_path):
     env = {
-        **os.environ,
-        "GEOVQ": f"{sys.executable} -m geovq",
+        **{k: v for k, v in os.environ.items() if k != "GEOVQ"},
+        **_activated_venv(),
         "K": "16",
         "GEOVQ_DATA__LIMIT": "64",
         "GEOVQ_VAE__EPOCHS": "1",
