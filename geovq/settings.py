@@ -402,7 +402,7 @@ _toml: ContextVar[TomlConfigSettingsSource | None] = ContextVar("geovq_toml", de
 _preset: ContextVar[dict[str, Any] | None] = ContextVar("geovq_preset", default=None)
 
 # GEOVQ_ environment variables that are not settings.
-ENV_NOT_SETTINGS = {"GEOVQ_DEBUG"}
+ENV_NOT_SETTINGS = {"GEOVQ_DEBUG", "GEOVQ_FAULT_INJECT"}
 ENV_PREFIX = "GEOVQ_"
 
 
