@@ -32,7 +32,6 @@ from rich.markup import escape
 from geovq import Interrupted, __version__
 from geovq.progress import make_progress
 from geovq.settings import (
-    Preset,
     TrainSettings,
     format_value,
     literal_choices,
@@ -262,20 +261,14 @@ def _root(
 def run_stage(
     g: Globals,
     stage: Callable[..., StageResult],
-    preset: str | None = None,
+    presets: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Build settings, run the stage, print its result; every failure becomes one stderr line."""
     quiet = bool(g.quiet or g.json)
     progress = make_progress(quiet)
     try:
-        values = _preset_values(preset) if preset else None
         settings = load_settings(
-            g.overrides,
-            config=g.config,
-            preset=values,
-            preset_name=preset,
-            assignments=g.sets,
-            origins=g.origins,
+            g.overrides, config=g.config, assignments=g.sets, origins=g.origins, presets=presets
         )
         result = stage(settings, progress)
     except BaseException as error:  # noqa: BLE001 - the edge: one line for every failure
@@ -297,12 +290,6 @@ def failure_line(error: BaseException) -> tuple[str | None, int]:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted; the run directory keeps its previous state", EXIT_INTERRUPTED
     return describe_failure(error), EXIT_USER_ERROR
-
-
-def _preset_values(name: str) -> dict[str, Any]:
-    from geovq.stages.pipeline import preset_values
-
-    return preset_values(name)
 
 
 def _fail(message: str, code: int) -> None:
@@ -519,16 +506,7 @@ def compare_command(
     run_stage(g, compare.run)
 
 
-PresetOption = Annotated[
-    str | None,
-    typer.Option(
-        "--preset",
-        metavar="<" + "|".join(get_args(Preset)) + ">",
-        autocompletion=lambda: list(get_args(Preset)),
-        help=help_text("Named settings for the study.", "default"),
-        rich_help_panel=GLOBAL,
-    ),
-]
+PresetOption = setting("study.preset", "--preset", panel=GLOBAL)
 
 
 @command("run", without=("force",))
@@ -554,7 +532,7 @@ def run_command(
     """The whole study: VAEs, quantizations, refits, VQ-VAEs, priors, samples, compare."""
     from geovq.stages import pipeline
 
-    run_stage(g, pipeline.run, preset=preset or "default")
+    run_stage(g, pipeline.run, presets=pipeline.PRESETS)
 
 
 @command("info")
@@ -577,8 +555,9 @@ def config_show_command(g: Globals, preset: PresetOption = None) -> None:
     """Every setting with its value and its source: default, preset, config file and key,
     environment variable, flag or --set."""
     from geovq.stages import config
+    from geovq.stages.pipeline import PRESETS
 
-    run_stage(g, config.show, preset=preset)
+    run_stage(g, config.show, presets=PRESETS if preset else None)
 
 
 @command("init", group=config_app)

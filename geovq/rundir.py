@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,8 +91,44 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
-    return {"geovq": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    """What produced a run: geovq, its main libraries, CUDA, and the source's git commit."""
+    import numpy
+    import torchvision
+
+    versions = {
+        "geovq": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda or "none",
+        "python": platform.python_version(),
+    }
+    commit = _git_commit(Path(__file__).resolve().parent.parent)
+    return versions | ({"git_commit": commit} if commit else {})
+
+
+def _git_commit(folder: Path) -> str | None:
+    """HEAD of the git checkout holding ``folder`` (``+dirty`` with local changes), or None."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def strict_json(value: Any) -> str:

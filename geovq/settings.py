@@ -347,6 +347,9 @@ class StudySettings(Section):
     refit: bool = Field(True, description="Refit the decoder on post-hoc codes.")
     priors: bool = Field(True, description="Train priors and sample from them.")
     redo: list[StageFamily] = Field([], description="Stage families to redo, and what follows.")
+    preset: Preset = Field(
+        "default", description="Named settings geovq run starts from (below every other source)."
+    )
 
     @field_validator("vqvae_grids")
     @classmethod
@@ -499,6 +502,7 @@ def load_settings(
     assignments: list[str] | tuple[str, ...] = (),
     origins: dict[str, str] | None = None,
     preset_name: str | None = None,
+    presets: dict[str, dict[str, Any]] | None = None,
 ) -> Settings:
     """Build Settings from every source; ``overrides`` are nested flags the user actually set
     (``origins`` names each one's flag), ``assignments`` are ``--set PATH=VALUE`` texts.
@@ -506,8 +510,20 @@ def load_settings(
     The TOML file is ``config`` if given, else ``geovq.toml`` in the run directory (which
     itself may come from the flags or the environment). Any error names the source of the
     bad value: the flag, the environment variable, or the file and key. The result's
-    ``sources`` maps every set path to where its value came from.
+    ``sources`` maps every set path to where its value came from. With ``presets`` (name ->
+    values), the preset named by ``study.preset`` (from any source) lies under the rest.
     """
+    if presets is not None:
+        chosen = load_settings(overrides, config, assignments=assignments, origins=origins)
+        name = chosen.study.preset
+        return load_settings(
+            overrides,
+            config,
+            presets[name],
+            assignments=assignments,
+            origins=origins,
+            preset_name=name,
+        )
     overrides = copy.deepcopy(overrides or {})
     labels = {path: "the overrides argument" for path in _leaves(overrides)} | dict(origins or {})
     for text in assignments:

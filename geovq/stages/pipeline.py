@@ -35,7 +35,7 @@ from geovq.stages import (
     train_vae,
     train_vqvae,
 )
-from geovq.stages.record import StageResult, replacing
+from geovq.stages.record import StageResult, StageRun, replacing
 from geovq.stages.sources import slug
 
 FAMILIES: tuple[str, ...] = get_args(StageFamily)
@@ -213,6 +213,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     if unknown:
         raise GeovqError(f"--force {unknown[0]} is not a stage; choose from {', '.join(FAMILIES)}")
     steps = plan(settings)
+    study_started = time.perf_counter()
     ran: set[str] = set()
     report: list[dict[str, Any]] = []
     for index, step in enumerate(steps, start=1):
@@ -234,6 +235,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "equal_rate_pairs": compare_record.get("metrics", {}).get("equal_rate_pairs", []),
         "report": str(run_dir.file("report/report.md")),
     }
+    if ran:  # a run that found everything current changes nothing, the manifest included
+        _record_study(run_dir, settings, report, study_started)
     rows = [[item["stage"], item["status"], f"{item['seconds']:.1f}"] for item in report]
     return StageResult(
         "run",
@@ -243,6 +246,16 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         rows=rows,
         notes=[f"report: {metrics['report']}"] + compare._pair_notes(metrics["equal_rate_pairs"]),
     )
+
+
+def _record_study(
+    run_dir: RunDir, settings: Settings, report: list[dict[str, Any]], started_at: float
+) -> None:
+    """The study itself as manifest record ``run`` (its preset and plan, for ``geovq info``),
+    committed after its stages, timed from the start of the study."""
+    study = {"study": json.loads(settings.study.model_dump_json())}
+    record = StageRun(run_dir, "run", study, settings.device, settings.seed, started_at=started_at)
+    record.finish({"stages": report})
 
 
 def _skippable(run_dir: RunDir, step: Step, ran: set[str], redo: list[str]) -> bool:

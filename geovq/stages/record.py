@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import torch
@@ -126,15 +127,18 @@ class StageRun(Reader):
         device: torch.device,
         seed: int,
         force: bool = False,
+        started_at: float | None = None,
     ) -> None:
+        """``started_at``: the ``time.perf_counter()`` when the work began, if before now."""
         self.transaction = run_dir.begin(key)  # validates the manifest before any work
         super().__init__(run_dir, force)
         self.key = key
         self.settings = settings or {}
         self.device = device
         self.seed = seed
-        self.started = now_iso()
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() if started_at is None else started_at
+        began = datetime.now(UTC) - timedelta(seconds=time.perf_counter() - self._t0)
+        self.started = began.isoformat(timespec="seconds")
         runs = _open_runs.get()
         if runs is not None:
             runs.append(self)

@@ -1,5 +1,6 @@
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -46,9 +47,14 @@ def test_prior_reports_bits_beside_baselines(prior_run):
 
 @pytest.mark.parametrize("n", [5, 16])
 def test_sample_writes_a_grid_with_n_tiles(prior_run, n):
+    started = time.perf_counter()
     result = cli(
         "sample", "--run-dir", prior_run, "--source", SOURCE, "--n", n, "--class", "3", "--json"
     )
+    elapsed = time.perf_counter() - started
+    # The record times the whole stage (loading and sampling), not only its last writes.
+    record = RunDir(prior_run).stage("sample/vqvae-vqvae-2x4-k8/prior")
+    assert 0.3 * elapsed <= record["wall_time_s"] <= elapsed
     assert result.exit_code == 0, result.stderr
     png = json.loads(result.stdout)["metrics"]["png"]
     columns, rows = min(n, 8), math.ceil(n / 8)
