@@ -264,8 +264,7 @@ def run_stage(
     presets: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Build settings, run the stage, print its result; every failure becomes one stderr line."""
-    quiet = bool(g.quiet or g.json)
-    progress = make_progress(quiet)
+    progress = make_progress(bool(g.quiet), as_json=bool(g.json))
     try:
         settings = load_settings(
             g.overrides, config=g.config, assignments=g.sets, origins=g.origins, presets=presets

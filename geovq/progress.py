@@ -1,7 +1,8 @@
 """Progress reporting for long work, kept out of the library: stages take a ``Progress``.
 
-``RichProgress`` draws bars on stderr (a TTY); ``PlainProgress`` prints one line per finished
-task or epoch (no TTY); ``NullProgress`` is silent (``--quiet``, ``--json``, Python callers).
+``RichProgress`` draws bars on stderr (a TTY, also under ``--json``: stdout stays one
+document); ``PlainProgress`` prints one line per finished task or epoch (no TTY);
+``NullProgress`` is silent (``--quiet``, ``--json`` without a TTY, Python callers).
 """
 
 from __future__ import annotations
@@ -57,10 +58,15 @@ class PlainProgress(NullProgress):
         print(f"[{index}/{total}] {name}", file=self.stream, flush=True)
 
 
+# Width of a task's name on a bar: at 80 columns the bar, counts, elapsed and remaining time
+# keep their room and the loss and images/s fields get what is left.
+NAME_WIDTH = 26
+
+
 class RichProgress(NullProgress):
     """Rich bars on stderr: an optional overall stage bar and the current task's bar."""
 
-    def __init__(self) -> None:
+    def __init__(self, console=None) -> None:  # noqa: ANN001
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -70,15 +76,21 @@ class RichProgress(NullProgress):
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
-        self.console = Console(stderr=True)
+        def fixed(width: int) -> Column:
+            return Column(min_width=width, no_wrap=True)
+
+        self.console = console or Console(stderr=True)
         self._bars = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("[bold]{task.description}", table_column=fixed(NAME_WIDTH)),
+            BarColumn(bar_width=12, table_column=fixed(12)),
+            MofNCompleteColumn(table_column=fixed(9)),
+            TimeElapsedColumn(table_column=fixed(7)),
+            TimeRemainingColumn(table_column=fixed(7)),
+            TextColumn(
+                "{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")
+            ),
             console=self.console,
             transient=False,
         )
@@ -88,7 +100,7 @@ class RichProgress(NullProgress):
 
     def start(self, description: str, total: int | None = None) -> None:
         self.finish()
-        self._task = self._bars.add_task(description, total=total, info="")
+        self._task = self._bars.add_task(shorten(description), total=total, info="")
 
     def advance(self, steps: int = 1, **fields: Any) -> None:
         if self._task is None:
@@ -119,14 +131,24 @@ class RichProgress(NullProgress):
         self._bars.stop()
 
 
+def shorten(text: str, width: int = NAME_WIDTH) -> str:
+    """Fit a task name in ``width`` characters, cutting its middle: its start names the stage
+    and its end the epoch (``train-prior …l epoch 12/15``)."""
+    if len(text) <= width:
+        return text
+    head = text[: width // 2 - 1]
+    return head + "…" + text[len(text) - (width - len(head) - 1) :]
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def make_progress(quiet: bool) -> NullProgress:
-    """The reporter a CLI call should use: silent, plain lines, or Rich bars on a TTY."""
+def make_progress(quiet: bool, as_json: bool = False) -> NullProgress:
+    """The reporter a CLI call should use: silent, plain lines, or Rich bars on a TTY.
+    Under ``--json`` only the bars on a terminal: a pipe or log gets the document alone."""
     if quiet:
         return NullProgress()
     if sys.stderr.isatty():
         return RichProgress()
-    return PlainProgress()
+    return NullProgress() if as_json else PlainProgress()
