@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -56,6 +56,7 @@ class Dataset:
     splits: dict[str, Split]
     num_classes: int
     files: tuple[str, ...] = ()  # the files read, where the user may want to know which
+    notes: list[str] = field(default_factory=list)  # what a stage should tell the user
 
     @property
     def source_note(self) -> str | None:
@@ -160,15 +161,22 @@ def stratified_head(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _limited(dataset: Dataset, limit: int) -> Dataset:
-    splits = {}
+    """The first ``limit`` images of each split (stratified); a smaller split stays whole."""
+    splits, whole = {}, []
     for name, split in dataset.splits.items():
         if limit > len(split):
-            raise GeovqError(
-                f"--limit {limit} is larger than the {name} split of {dataset.name} "
-                f"({len(split)} images); use --limit {len(split)} or less"
-            )
-        splits[name] = split.subset(stratified_head(split.labels, limit))
-    return Dataset(dataset.name, splits, dataset.num_classes, dataset.files)
+            splits[name] = split
+            whole.append(f"{name} ({len(split)})")
+        else:
+            splits[name] = split.subset(stratified_head(split.labels, limit))
+    notes = list(dataset.notes)
+    if whole:
+        notes.append(
+            f"--limit {limit} caps each split at {limit} images; "
+            f"{', '.join(whole)} {'has' if len(whole) == 1 else 'have'} fewer and "
+            f"{'is' if len(whole) == 1 else 'are'} used whole"
+        )
+    return Dataset(dataset.name, splits, dataset.num_classes, dataset.files, notes)
 
 
 # -- mnist5k (embedded) ------------------------------------------------------------------------

@@ -91,7 +91,9 @@ class DataSettings(Section):
     dataset: str = Field(
         "mnist5k", description="mnist5k | mnist | fashion-mnist | cifar10 | folder:PATH."
     )
-    limit: int | None = Field(None, ge=1, description="First N images per split (stratified).")
+    limit: int | None = Field(
+        None, ge=1, description="At most N images per split (the first N, class-balanced)."
+    )
     data_dir: Path | None = Field(None, description="Where downloadable datasets live.")
     download: bool = Field(False, description="Download the dataset if missing.")
     image_size: int | None = Field(

@@ -39,9 +39,15 @@ def test_stratified_head_round_robin():
     assert sorted(labels[picked].tolist()) == [0, 0, 1, 2]
 
 
-def test_limit_larger_than_data():
-    with pytest.raises(GeovqError, match="--limit 5000"):
-        load_dataset(DataSettings(limit=5000))
+def test_limit_caps_each_split_and_says_so():
+    # mnist5k: 4,000 train and 1,000 test images.
+    dataset = load_dataset(DataSettings(limit=2000))
+    assert len(dataset.splits["train"]) == 2000
+    assert len(dataset.splits["test"]) == 1000
+    assert dataset.notes == [
+        "--limit 2000 caps each split at 2000 images; test (1000) has fewer and is used whole"
+    ]
+    assert load_dataset(DataSettings(limit=30)).notes == []
 
 
 def test_unknown_dataset():

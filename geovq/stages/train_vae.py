@@ -55,8 +55,9 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     device = resolve_device(settings.device)
     record = StageRun(run_dir, files.train_key, None, device, settings.seed, settings.force)
     dataset = load_dataset(settings.data)
-    if dataset.source_note:
-        progress.log(dataset.source_note)
+    notes = ([dataset.source_note] if dataset.source_note else []) + dataset.notes
+    for note in notes:
+        progress.log(note)
     config = vae_config(settings, dataset)
     recon = recon_kind(settings.vae.recon_loss, config.channels)
     record.settle(_recorded_settings(settings), resume=settings.vae.resume)
@@ -134,7 +135,6 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
             "images_per_s",
         )
     ]
-    notes = [dataset.source_note] if dataset.source_note else []
     return StageResult(
         files.train_key, metrics, record.outputs, title=files.train_key, rows=rows, notes=notes
     )
