@@ -327,6 +327,8 @@ DataDir = setting("data.data_dir")
 Download = setting("data.download")
 ImageSize = setting("data.image_size")
 Channels = setting("data.channels")
+# Training curves (every trained stage, and run).
+Curves = setting("log", panel=OUTPUT)
 
 
 @command("train-vae")
@@ -352,6 +354,7 @@ def train_vae_command(
     trunk: setting("vae.trunk") = None,
     resume: setting("vae.resume") = None,
     vae_name: setting("vae.name", "--vae") = None,
+    log: Curves = None,
 ) -> None:
     """Train the continuous convolutional VAE."""
     from geovq.stages import train_vae
@@ -415,6 +418,7 @@ def refit_decoder_command(
     batch_size: setting("refit.batch_size") = None,
     lr: setting("refit.lr") = None,
     resume: setting("refit.resume") = None,
+    log: Curves = None,
 ) -> None:
     """Fine-tune the VAE decoder on a post-hoc quantization's fixed codes."""
     from geovq.stages import refit_decoder
@@ -442,6 +446,7 @@ def train_vqvae_command(
     batch_size: setting("vqvae.batch_size") = None,
     lr: setting("vqvae.lr") = None,
     resume: setting("vqvae.resume") = None,
+    log: Curves = None,
     dataset: Dataset = None,
     limit: Limit = None,
     data_dir: DataDir = None,
@@ -466,6 +471,7 @@ def train_prior_command(
     batch_size: setting("prior.batch_size") = None,
     lr: setting("prior.lr") = None,
     resume: setting("prior.resume") = None,
+    log: Curves = None,
 ) -> None:
     """Train a gated PixelCNN prior over a source's code grids."""
     from geovq.stages import train_prior
@@ -527,6 +533,7 @@ def run_command(
     channels: Channels = None,
     trunk: setting("vae.trunk") = None,
     k: setting("quantize.k", also=("vqvae.k",), help="K for post-hoc and VQ-VAE codebooks.") = None,
+    log: Curves = None,
 ) -> None:
     """The whole study: VAEs, quantizations, refits, VQ-VAEs, priors, samples, compare."""
     from geovq.stages import pipeline

@@ -376,6 +376,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to compute.")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Random seed (0 .. 2^63-1).")
     force: bool = Field(False, description="Overwrite, or use changed inputs.")
+    log: Literal["jsonl", "tensorboard"] = Field(
+        "jsonl",
+        description="Training curves: RUN/logs/STAGE.jsonl always; tensorboard adds event files"
+        " under RUN/logs/tb/STAGE/ (pip install 'geovq[tensorboard]').",
+    )
     data: DataSettings = DataSettings()
     vae: VaeSettings = VaeSettings()
     extract: ExtractSettings = ExtractSettings()

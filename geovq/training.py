@@ -19,6 +19,7 @@ from torch import nn
 from geovq import GeovqError, Interrupted
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
+from geovq.training_log import TrainingLog
 
 # A step returns the loss to minimise and the terms to log (tensors, averaged over the epoch).
 StepFn = Callable[
@@ -72,12 +73,14 @@ def train(
     progress: NullProgress | None = None,
     label: str = "train",
     on_epoch_end: Callable[[int], None] | None = None,
+    log: TrainingLog | None = None,
 ) -> TrainResult:
     """Adam over ``params`` (default: all of the model's) for ``config.epochs`` epochs.
 
     ``data`` are tensors on the model's device with one row per example; each batch is those
     rows, passed to ``step`` with a generator for any noise. A checkpoint is written after
-    every epoch to ``checkpoint`` (a path inside the run directory).
+    every epoch to ``checkpoint`` (a path inside the run directory); ``log`` gets each
+    epoch's record for the training curves.
     """
     progress = progress or NullProgress()
     device = next(model.parameters()).device
@@ -96,6 +99,8 @@ def train(
                 f"{config.epochs}; pass --epochs {result.resumed_from} or more"
             )
         progress.log(f"{label}: resuming after epoch {result.resumed_from}")
+    if log is not None:
+        log.begin(result.resumed_from, config.epochs)
     n = data[0].shape[0]
     seen, busy = 0, 0.0
     kept = result.resumed_from
@@ -131,6 +136,8 @@ def train(
             result.history.append(record)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
+            if log is not None:
+                log.epoch(record, lr=optimizer.param_groups[0]["lr"])
             save_checkpoint(
                 run_dir, checkpoint, model, optimizer, shuffle_gen, noise_gen, epoch, result.history
             )
@@ -147,6 +154,9 @@ def train(
             f"{label} interrupted; epoch {kept} is kept in {run_dir.file(checkpoint)}; "
             "rerun with --resume to continue"
         ) from None
+    finally:
+        if log is not None:
+            log.close()
     result.epochs_run = config.epochs
     result.images_per_s = seen / busy if busy else 0.0
     model.eval()

@@ -35,6 +35,7 @@ from geovq.settings import Settings
 from geovq.stages.record import StageResult, StageRun, stage
 from geovq.stages.sources import list_sources
 from geovq.training import TrainConfig, resolve_device, train
+from geovq.training_log import TrainingLog, originals_and
 
 
 def decoder_parameters(vae: VAE) -> dict[str, torch.nn.Parameter]:
@@ -109,6 +110,15 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         params=list(params.values()),
         progress=progress,
         label=f"refit-decoder {source}",
+        log=TrainingLog(
+            run_dir.path,
+            stage_key(name),
+            settings.log == "tensorboard",
+            lambda: originals_and(
+                images[test_split][:8],
+                torch.sigmoid(vae.decode(quantized[test_split][:8].to(device))),
+            ),
+        ),
     )
     vae.eval()
     after = {

@@ -22,6 +22,7 @@ from geovq.settings import Settings
 from geovq.stages.record import StageResult, StageRun, fmt, stage
 from geovq.stages.sources import Source, list_sources, load_source
 from geovq.training import TrainConfig, resolve_device, train
+from geovq.training_log import TrainingLog
 
 EVAL_BATCH = 1000
 
@@ -105,6 +106,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         files.checkpoint,
         progress=progress,
         label=f"train-prior {name}",
+        log=TrainingLog(run_dir.path, stage_key(name), settings.log == "tensorboard"),
     )
     bits = split_bits_per_code(model, test_codes, test_labels)
     baselines = code_baselines(source)

@@ -24,6 +24,7 @@ from geovq.rundir import RunDir
 from geovq.settings import Settings
 from geovq.stages.record import StageResult, StageRun, fmt, stage
 from geovq.training import TrainConfig, checkpoint_history, resolve_device, train
+from geovq.training_log import TrainingLog, originals_and
 
 EVAL_BATCH = 1000
 
@@ -101,6 +102,15 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         files.checkpoint,
         progress=progress,
         label=f"train-vae{files.flag}",
+        log=TrainingLog(
+            run_dir.path,
+            files.train_key,
+            settings.log == "tensorboard",
+            lambda: originals_and(
+                test_images[:8],
+                torch.sigmoid(model.decode(model.encode(to_float(test_images[:8]))[0])),
+            ),
+        ),
     )
     final = result.history[-1] if result.history else {}
     meta = VaeMeta(json.loads(config.to_json()), recon, json.loads(settings.data.model_dump_json()))

@@ -21,6 +21,7 @@ from geovq.rundir import RunDir
 from geovq.settings import DataSettings, Settings, parse_grid
 from geovq.stages.record import StageResult, StageRun, fmt, stage
 from geovq.training import TrainConfig, resolve_device, train
+from geovq.training_log import TrainingLog, originals_and
 
 KMEANS_INIT_IMAGES = 2048
 EVAL_BATCH = 1000
@@ -84,6 +85,14 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         quant.checkpoint,
         progress=progress,
         label=f"train-vqvae {name}",
+        log=TrainingLog(
+            run_dir.path,
+            stage_key(name),
+            settings.log == "tensorboard",
+            lambda: originals_and(
+                images["test"][:8], torch.sigmoid(model(to_float(images["test"][:8]))[0])
+            ),
+        ),
     )
 
     meta = ModelMeta(
