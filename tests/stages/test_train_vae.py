@@ -95,7 +95,6 @@ BAD_TRAIN = [
     (("--dataset", "folder:/no/such/dir"), "/no/such/dir"),
     (("--epochs", "0"), "--epochs"),
     (("--lr", "-0.1"), "--lr"),
-    (("--limit", "4001"), "--limit 4001"),
     (("--device", "cuda"), "--device cuda"),
     (("--resume",), "no checkpoint"),
     (("--latent", "blob"), "--latent"),
