@@ -144,7 +144,7 @@ def test_changed_vae_is_refused_without_force(tiny_run):
 
 @pytest.mark.parametrize(
     ("toml", "needle"),
-    [("[vae]\nepochz = 1\n", "vae.epochz"), ("[vae]\nepochs = 'x'\n", "--epochs")],
+    [("[vae]\nepochz = 1\n", "vae.epochz"), ("[vae]\nepochs = 'x'\n", "bad.toml (key vae.epochs)")],
 )
 def test_bad_config_file(tmp_path, toml, needle):
     config = tmp_path / "bad.toml"
