@@ -4,7 +4,8 @@ under ``RUN/logs/tb/<stage>/`` — loss terms, held-out metrics, learning rate, 
 grid of reconstructions every few epochs. ``training.train`` calls ``epoch`` after each one.
 
 Logs are for watching a run, not artifacts: written in place as training goes (never staged),
-and started afresh when a stage starts from scratch (not on ``--resume``).
+from the first completed epoch on (a stage that fails before it leaves no log), and started
+afresh when a stage starts from scratch (not on ``--resume``).
 """
 
 from __future__ import annotations
@@ -60,8 +61,14 @@ class TrainingLog:
     def begin(self, resumed_from: int, epochs: int) -> None:
         """Start the curves: afresh from scratch, appended to on ``--resume``."""
         self.epochs = epochs
+        self._fresh = resumed_from == 0
+        self._opened = False
+
+    def _open(self) -> None:
+        """At the first completed epoch: clear a from-scratch stage's old curves, open TB."""
+        self._opened = True
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        if resumed_from == 0:
+        if self._fresh:
             self.jsonl.write_text("")
             if self.tensorboard:
                 shutil.rmtree(self.tb_dir, ignore_errors=True)
@@ -72,6 +79,8 @@ class TrainingLog:
 
     def epoch(self, record: dict[str, Any], lr: float) -> None:
         """One epoch's history record (``epoch``, ``train_*``, held-out metrics, images/s)."""
+        if not self._opened:
+            self._open()
         line = {**record, "lr": lr}
         with self.jsonl.open("a") as stream:
             stream.write(json.dumps(line) + "\n")
