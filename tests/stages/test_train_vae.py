@@ -188,7 +188,15 @@ def test_ctrl_c_exits_130_and_keeps_the_last_epoch(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "geovq", "train-vae", "--run-dir", str(run)]
     command += ["--limit", "64", "--epochs", "200", "--device", "cpu", "-q"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    # A shell that starts the suite in the background ignores SIGINT in its children; the
+    # child must see Ctrl-C as a terminal user's process would.
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     checkpoint = run / "checkpoints/train-vae.safetensors"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
