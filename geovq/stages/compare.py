@@ -108,7 +108,12 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
 
     quality = _sample_quality(record, sources, vaes, data, settings, device, progress)
     pairs = equal_rate_pairs(entries, options.split)
-    sweep = _sweep(record, entries, options, settings, device, progress) if options.sweep_k else []
+    skipped: list[str] = []
+    sweep = (
+        _sweep(record, entries, options, settings, device, progress, skipped)
+        if options.sweep_k
+        else []
+    )
     metrics = {
         "split": options.split,
         "sources": entries,
@@ -116,6 +121,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "sample_quality": quality,
         "equal_rate_pairs": pairs,
         "rate_distortion": rate_points(entries, options.split) + sweep,
+        "sweep_skipped": skipped,
     }
     figures = _figures(record, sources, data, metrics, quality, device)
     metrics["figures"] = figures
@@ -131,6 +137,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         rows=headline_rows(metrics),
         notes=[f"report: {run_dir.file(REPORT + '/report.md')}"]
         + _pair_notes(pairs)
+        + skipped
         + [
             f"{name} has no {options.split} codes: rerun its stage to include it"
             for name in missing
@@ -409,8 +416,11 @@ def rate_points(entries: dict[str, dict], split: str) -> list[dict[str, Any]]:
     ]
 
 
-def _sweep(record: StageRun, entries, options, settings: Settings, device, progress) -> list[dict]:
-    """Quantize again at each K of --sweep-k for every post-hoc family already in the run."""
+def _sweep(
+    record: StageRun, entries, options, settings: Settings, device, progress, skipped: list[str]
+) -> list[dict]:
+    """Quantize again at each K of --sweep-k for every post-hoc family already in the run;
+    a K larger than the family's fit points is skipped and said in ``skipped``."""
     from geovq.artifacts import split_images
     from geovq.metrics import decoded_mse
     from geovq.quant.codebook import assign_codes, chunk_latents, codeword_latents, fit_codebook
@@ -444,6 +454,10 @@ def _sweep(record: StageRun, entries, options, settings: Settings, device, progr
         for k in ks:
             points_available = fit_mu.shape[0] * (1 if per_position else chunks)
             if k > points_available:
+                skipped.append(
+                    f"sweep skipped K={k} for {family}: its fit split has only "
+                    f"{points_available} points"
+                )
                 progress.advance(1)
                 continue
             # One restart per sweep point: the sweep maps the curve; the run's own codebooks

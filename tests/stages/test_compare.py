@@ -32,7 +32,7 @@ def compared(tiny_run_template, tmp_path_factory):
         "--samples",
         "32",
         "--sweep-k",
-        "4,8",
+        "4,8,1048576",
         "--json",
         "--device",
         "cpu",
@@ -85,6 +85,9 @@ def test_rate_distortion_sweep_points(compared):
     run, metrics = compared
     sweep = [p for p in metrics["rate_distortion"] if p.get("sweep")]
     assert {p["bits_per_image"] for p in sweep} == {16.0, 24.0}
+    # 2**20 codewords is more than the tiny fit split's chunks: skipped, and said for each family
+    skipped = metrics["sweep_skipped"]
+    assert len(skipped) == 2 and all("K=1048576" in line and "points" in line for line in skipped)
     assert (run / "report/rate_distortion.png").is_file()
 
 
