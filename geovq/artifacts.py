@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -163,7 +163,7 @@ class VaeMeta:
         return asdict(self)
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> VaeMeta:
+    def from_metadata(cls, meta: dict[str, Any]) -> Self:
         return cls(
             config=_decoded(meta["config"]),
             recon_loss=str(meta.get("recon_loss", "bce")),
@@ -425,23 +425,8 @@ class DecoderMeta:
 
 
 @dataclass
-class ModelMeta:
-    """Metadata of a VQ-VAE's weights."""
-
-    config: dict[str, Any]
-    recon_loss: str
-    data: dict[str, Any]
-
-    def to_metadata(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> ModelMeta:
-        return cls(
-            config=_decoded(meta["config"]),
-            recon_loss=str(meta.get("recon_loss", "bce")),
-            data=_decoded(meta.get("data", {})),
-        )
+class ModelMeta(VaeMeta):
+    """Metadata of a VQ-VAE's weights: the same fields as a VAE's."""
 
 
 def load_vqvae(reader: Reader, quant: Quantization, device: torch.device):
