@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 from geovq.quant.distances import check_metric, metric_features, nearest_center
@@ -21,6 +22,7 @@ from geovq.quant.geodesic import (
     assign_geodesic,
     check_edge_weight,
     check_knn,
+    fit_from_medoids,
     geodesic_kmedoids,
 )
 from geovq.quant.kmeans import check_k, kmeans
@@ -280,6 +282,40 @@ def _assign_group(
     features = metric_features(mu, sigma, metric)
     centers = metric_features(code_mu, code_sigma, metric)
     return nearest_center(features, centers, device=device)[0]
+
+
+def restore_fit(
+    codebook: Codebook, mu: Tensor, sigma: Tensor, *, knn: int = 10, edge_weight: str = "w2"
+) -> QuantizerFit:
+    """A fit rebuilt from a saved codebook and the chunks mu, sigma (N, L, C) it was fitted on,
+    enough for `assign_codes` to give new points the codes the original fit would.
+
+    Nearest-codeword codebooks need only the codebook. A geodesic codebook's codewords are
+    fit chunks (the medoids): they are found among the chunks and the fit's kNN graph rebuilt.
+    """
+    _check_chunks(mu, sigma)
+    codes = torch.empty(0, mu.shape[1], dtype=torch.int64)
+    if codebook.metric != "geodesic":
+        return QuantizerFit(codebook, codes, {"restored": True}, knn=knn)
+    if codebook.per_position:
+        groups = [
+            (mu[:, p], sigma[:, p], codebook.mu[p], codebook.sigma[p]) for p in range(mu.shape[1])
+        ]
+    else:
+        flat_mu, flat_sigma = mu.reshape(-1, mu.shape[-1]), sigma.reshape(-1, sigma.shape[-1])
+        groups = [(flat_mu, flat_sigma, codebook.mu, codebook.sigma)]
+    fits = []
+    for group_mu, group_sigma, word_mu, word_sigma in groups:
+        points = metric_features(group_mu, group_sigma, "geodesic").detach().cpu().double().numpy()
+        words = metric_features(word_mu, word_sigma, "geodesic").detach().cpu().double().numpy()
+        gap, medoids = cKDTree(points).query(words, k=1)
+        if np.max(gap) > 1e-6 * (1.0 + np.abs(words).max()):
+            raise ValueError(
+                "the geodesic codebook's codewords are not among these chunks: pass the chunks "
+                "of the split it was fitted on"
+            )
+        fits.append(fit_from_medoids(points, medoids, knn=knn, edge_weight=edge_weight))
+    return QuantizerFit(codebook, codes, {"restored": True}, knn=knn, geodesic_fits=fits)
 
 
 def codeword_latents(codebook: Codebook, codes: Tensor) -> Tensor:

@@ -24,17 +24,11 @@ from geovq.artifacts import (
     load_vae,
     split_images,
 )
-from geovq.metrics import decoded_mse, summarize_codes
+from geovq.evaluation.reconstruction import decoded_mse, quantization_metrics
 from geovq.progress import NullProgress
-from geovq.quant.codebook import (
-    QuantizerFit,
-    assign_codes,
-    chunk_latents,
-    codeword_latents,
-    fit_codebook,
-)
-from geovq.quant.distances import w2_sq
-from geovq.rundir import RunDir
+from geovq.quant.codebook import assign_codes, chunk_latents
+from geovq.quant.settings_fit import fit_from_settings
+from geovq.rundir import RunDir, split_digest
 from geovq.settings import QuantizeSettings, Settings, parse_grid
 from geovq.stages.record import StageResult, StageRun, check_finite, stage
 from geovq.training import resolve_device
@@ -96,6 +90,11 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     record = StageRun(run_dir, quant.key, None, device, settings.seed, settings.force)
     latents, latents_meta = load_latents(record, files)
     splits = latent_splits(latents)
+    # Recorded per split, not as the whole file: a split added later (extract --as) leaves
+    # the codebook current and gets its codes on the fly where it is used.
+    record.inputs.pop(files.latents, None)
+    for split in splits:
+        record.inputs[f"{files.latents}#{split}"] = split_digest(latents, split)
     latent_dim = latents[f"{splits[0]}.mu"].shape[1]
     chunks, grid = chunk_grid(q, latent_dim, latents_meta.grid)
     if q.fit_split not in splits:
@@ -120,7 +119,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
 
     progress.start(f"quantize {name}: fit on {q.fit_split}")
     started = time.perf_counter()
-    fit = _fit(q, mu[q.fit_split], sigma[q.fit_split], settings.seed, device)
+    fit = fit_from_settings(q, mu[q.fit_split], sigma[q.fit_split], settings.seed, device=device)
     fit_seconds = time.perf_counter() - started
     progress.finish()
 
@@ -134,7 +133,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         )
         codes[split] = split_codes
         split_metrics[split] = quantization_metrics(
-            fit, split_codes, mu[split], sigma[split], vae, images[split], device
+            fit.codebook, split_codes, mu[split], sigma[split], vae.decode, images[split], device
         )
         split_metrics[split]["vae_mse_per_pixel"] = decoded_mse(
             vae.decode, latents[f"{split}.mu"], images[split], device
@@ -175,9 +174,6 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "splits": split_metrics,
     }
     record.finish(metrics)
-    notes = []
-    if q.refit_decoder:
-        notes = _refit(settings, quant.source, progress, metrics)
     return StageResult(
         quant.key,
         metrics,
@@ -207,73 +203,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
             ]
             for split, m in split_metrics.items()
         ],
-        notes=notes,
     )
-
-
-def _refit(settings: Settings, source: str, progress, metrics: dict) -> list[str]:
-    """``--refit-decoder``: run the refit-decoder stage on the codes just written."""
-    from geovq.stages import refit_decoder
-
-    refit_settings = settings.model_copy(deep=True)
-    refit_settings.refit.source = source
-    result = refit_decoder.run(refit_settings, progress)
-    metrics["refit"] = {
-        "mse_before": result.metrics["mse_before"],
-        "mse_after": result.metrics["mse_after"],
-    }
-    return [
-        f"refit decoder, {split}: mse/pixel {before} -> {after}"
-        for split, before, after, _ in result.rows
-    ]
-
-
-def quantization_metrics(
-    fit: QuantizerFit,
-    codes: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    vae,
-    images_u8: torch.Tensor,
-    device: torch.device,
-) -> dict[str, float]:
-    """Usage, distortion (mean W2² chunk -> codeword) and decoded MSE per pixel for one split."""
-    cb = fit.codebook
-    per_position = cb.mu.dim() == 3
-    figures = summarize_codes(codes, fit.codebook.mu.shape[-2], per_position=per_position)
-    if per_position:
-        positions = torch.arange(codes.shape[1])
-        word_mu, word_sigma = cb.mu[positions, codes], cb.sigma[positions, codes]
-    else:
-        word_mu, word_sigma = cb.mu[codes], cb.sigma[codes]
-    figures["distortion"] = float(
-        w2_sq(mu.double(), sigma.double(), word_mu.double(), word_sigma.double()).mean()
-    )
-    latents = codeword_latents(cb, codes)
-    figures["mse_per_pixel"] = decoded_mse(vae.decode, latents, images_u8, device)
-    return figures
-
-
-def _fit(
-    q: QuantizeSettings, mu: torch.Tensor, sigma: torch.Tensor, seed: int, device: torch.device
-) -> QuantizerFit:
-    try:
-        return fit_codebook(
-            mu,
-            sigma,
-            q.k,
-            q.metric,
-            per_position=q.codebook == "per-position",
-            seed=seed,
-            restarts=q.restarts,
-            iters=q.iters,
-            tol=q.tol,
-            knn=q.knn,
-            edge_weight=q.edge_weight,
-            device=device,
-        )
-    except ValueError as error:
-        raise GeovqError(str(error)) from None
 
 
 def _check_sizes(q: QuantizeSettings, fit_mu: torch.Tensor) -> None:

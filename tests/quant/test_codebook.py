@@ -171,3 +171,30 @@ def test_codes_map_to_numpy_dtype():
     assert codes.dtype == torch.int64 and codes.shape == (20, L)
     assert int(codes.min()) >= 0 and int(codes.max()) < 5
     assert np.isin(codes.numpy(), np.arange(5)).all()
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+@pytest.mark.parametrize("metric", ["w2", "geodesic"])
+def test_restored_fit_assigns_new_points_as_the_original(metric, per_position):
+    """A fit rebuilt from the saved codebook and the fit chunks gives new points the codes the
+    original fit gives them (for geodesic: through the same kNN graph)."""
+    from geovq.quant.codebook import restore_fit
+
+    generator = torch.Generator().manual_seed(4)
+    mu, sigma = torch.randn(60, 2, 3, generator=generator), torch.rand(60, 2, 3) + 0.1
+    new_mu, new_sigma = torch.randn(25, 2, 3, generator=generator), torch.rand(25, 2, 3) + 0.1
+    fit = fit_codebook(mu, sigma, 6, metric, per_position=per_position, seed=0, knn=5)
+    restored = restore_fit(fit.codebook, mu, sigma, knn=5)
+    assert torch.equal(
+        assign_codes(restored, new_mu, new_sigma), assign_codes(fit, new_mu, new_sigma)
+    )
+
+
+def test_restoring_a_geodesic_fit_needs_its_own_fit_chunks():
+    from geovq.quant.codebook import restore_fit
+
+    generator = torch.Generator().manual_seed(5)
+    mu, sigma = torch.randn(40, 2, 3, generator=generator), torch.rand(40, 2, 3) + 0.1
+    fit = fit_codebook(mu, sigma, 4, "geodesic", seed=0, knn=5)
+    with pytest.raises(ValueError, match="not among these chunks"):
+        restore_fit(fit.codebook, mu + 1.0, sigma, knn=5)
