@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rate-distortion on one VAE: post-hoc W2 codebooks at several K, then compare's sweep and
-# figure (report/rate_distortion.png). Needs a run with a trained VAE and latents.
+# figure (report/test/rate_distortion.png). Needs a run with a trained VAE and latents.
 # Usage: examples/k_sweep.sh [RUN_DIR]
 set -euo pipefail
 RUN=${1:-runs/by-hand}

@@ -405,9 +405,9 @@ def quantize_command(
     vae_name: setting("vae.name", "--vae") = None,
 ) -> None:
     """Cluster latent chunks into a codebook after training; codes for every split."""
-    from geovq.stages import quantize
+    from geovq.stages import pipeline
 
-    run_stage(g, quantize.run)
+    run_stage(g, pipeline.quantize_then_refit)
 
 
 @command("refit-decoder")

@@ -1,4 +1,4 @@
-"""Metrics shared by every stage: code usage, rate, distortion and sample quality.
+"""Metrics shared by every stage: code usage, rate and reconstruction quality.
 
 All functions are pure and take the totals of a split (all its codes, all its images), so a
 split's metric is never a mean of per-batch values.
@@ -7,19 +7,12 @@ split's metric is never a mean of per-batch values.
 from __future__ import annotations
 
 import math
-import warnings
 
-import numpy as np
-import scipy.linalg
 import torch
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
-
-# Added to both covariances' diagonals when sqrtm of their product is not finite (singular
-# covariances, e.g. fewer samples than feature dimensions), as in the reference FID code.
-FRECHET_EPS = 1e-6
 
 
 def code_counts(codes: torch.Tensor, k: int, per_position: bool = False) -> torch.Tensor:
@@ -141,44 +134,6 @@ def ssim(reconstructions: torch.Tensor, images: torch.Tensor, *, batch_size: int
         )
         total += per_image.double().sum().item()
     return total / images.shape[0]
-
-
-def frechet_distance(
-    features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray
-) -> float:
-    """Squared Fréchet (2-Wasserstein) distance between Gaussians fitted to (N, D) features.
-
-    d^2 = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}), as in FID (Heusel et al. 2017).
-    The imaginary part that sqrtm leaves from round-off is dropped.
-    """
-    a = _as_feature_matrix(features_a)
-    b = _as_feature_matrix(features_b)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature dims differ: {a.shape[1]} vs {b.shape[1]}")
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    # Features of ReLU nets often have dead units, so the covariances are singular: sqrtm
-    # then warns but is still usable; a non-finite result gets the diagonal shift instead.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        cross = scipy.linalg.sqrtm(cov_a @ cov_b)
-        if not np.isfinite(cross).all():
-            shift = FRECHET_EPS * np.eye(cov_a.shape[0])
-            cross = scipy.linalg.sqrtm((cov_a + shift) @ (cov_b + shift))
-    diff = mu_a - mu_b
-    value = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(cross).real
-    # The true value is >= 0; round-off can push identical distributions slightly below.
-    return max(float(value), 0.0)
-
-
-def _as_feature_matrix(features: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(features, torch.Tensor):
-        features = features.detach().cpu().numpy()
-    matrix = np.asarray(features, dtype=np.float64)
-    if matrix.ndim != 2 or matrix.shape[0] < 2:
-        raise ValueError(f"features must be (N, D) with N >= 2, got shape {matrix.shape}")
-    return matrix
 
 
 def _check_counts(counts: torch.Tensor) -> None:

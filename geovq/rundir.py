@@ -87,6 +87,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def split_digest(tensors: dict[str, torch.Tensor], split: str) -> str:
+    """sha256 over one split's tensors (``{split}.*``: names, dtypes, shapes, bytes, in name
+    order): what a stage that read only that split of a file records, so that adding another
+    split to the file (``extract --as``) leaves the stage current."""
+    digest = hashlib.sha256()
+    for name in sorted(n for n in tensors if n.rsplit(".", 1)[0] == split):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -261,14 +273,27 @@ class RunDir:
         return self.path / relpath
 
     def exists(self, relpath: str) -> bool:
-        return self.file(relpath).is_file()
+        """Whether a file exists; ``FILE#SPLIT`` (an input record of one split of a file):
+        whether the file holds that split."""
+        path, _, split = relpath.partition("#")
+        if not self.file(path).is_file():
+            return False
+        return not split or any(
+            name.rsplit(".", 1)[0] == split for name in self.load_tensors(path, path)[0]
+        )
 
     def sha256(self, relpath: str) -> str:
-        """sha256 of a file, remembered per (size, mtime) so a stage hashes each file once."""
-        stat = self.file(relpath).stat()
+        """sha256 of a file, remembered per (size, mtime) so a stage hashes each file once;
+        ``FILE#SPLIT``: the ``split_digest`` of one split in it."""
+        path, _, split = relpath.partition("#")
+        stat = self.file(path).stat()
         key = (relpath, stat.st_size, stat.st_mtime_ns)
         if key not in self._digests:
-            self._digests[key] = sha256_file(self.file(relpath))
+            self._digests[key] = (
+                split_digest(self.load_tensors(path, path)[0], split)
+                if split
+                else sha256_file(self.file(path))
+            )
         return self._digests[key]
 
     def save_tensors(

@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
@@ -10,7 +9,6 @@ from geovq.metrics import (
     bits_per_image,
     code_counts,
     dead_codes,
-    frechet_distance,
     mse_per_pixel,
     perplexity,
     psnr,
@@ -151,45 +149,3 @@ def test_image_metrics_reject_mismatched_shapes(image_pair):
         psnr(reconstructions[:3], images)
     with pytest.raises(ValueError):
         mse_per_pixel(reconstructions, images[:, :, :10])
-
-
-def test_frechet_distance_matches_closed_form_for_gaussians():
-    rng = np.random.default_rng(0)
-    mu_a, var_a = np.array([0.0, 1.0, -1.0]), np.array([1.0, 0.5, 2.0])
-    mu_b, var_b = np.array([0.5, 1.0, 0.0]), np.array([2.0, 0.5, 0.25])
-    a = mu_a + np.sqrt(var_a) * rng.standard_normal((200_000, 3))
-    b = mu_b + np.sqrt(var_b) * rng.standard_normal((200_000, 3))
-    expected = ((mu_a - mu_b) ** 2).sum() + (var_a + var_b - 2 * np.sqrt(var_a * var_b)).sum()
-    assert frechet_distance(a, b) == pytest.approx(expected, abs=0.03)
-    assert frechet_distance(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(
-        frechet_distance(a, b)
-    )
-
-
-def test_frechet_distance_matches_direct_computation_on_small_data():
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((40, 4)) @ rng.standard_normal((4, 4))
-    b = rng.standard_normal((30, 4)) + 0.3
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    # Symmetric form tr((S_a^1/2 S_b S_a^1/2)^1/2), equal to tr((S_a S_b)^1/2).
-    root_a = scipy.linalg.sqrtm(cov_a).real
-    cross = scipy.linalg.sqrtm(root_a @ cov_b @ root_a).real
-    diff = a.mean(axis=0) - b.mean(axis=0)
-    expected = diff @ diff + np.trace(cov_a + cov_b - 2 * cross)
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
-
-
-def test_frechet_distance_is_finite_for_singular_covariances():
-    rng = np.random.default_rng(2)
-    a = rng.standard_normal((5, 10))
-    value = frechet_distance(a, a)
-    assert math.isfinite(value)
-    assert value == pytest.approx(0.0, abs=1e-3)
-    assert math.isfinite(frechet_distance(a, rng.standard_normal((6, 10))))
-
-
-def test_frechet_distance_rejects_bad_features():
-    with pytest.raises(ValueError):
-        frechet_distance(np.zeros((10, 3)), np.zeros((10, 4)))
-    with pytest.raises(ValueError):
-        frechet_distance(np.zeros((1, 3)), np.zeros((10, 3)))

@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geovq.plots import save_code_usage, save_image_rows, save_rate_distortion, save_sample_grid
+from geovq.plots import save_code_usage, save_image_rows, save_rate_distortion, save_sample_rows
 
 
 def assert_png(path, expected):
@@ -36,14 +36,15 @@ def test_save_image_rows_rejects_empty(tmp_path):
 
 
 @pytest.mark.parametrize("title", [None, "samples"])
-def test_save_sample_grid(tmp_path, title):
+def test_save_sample_rows(tmp_path, title):
     path = tmp_path / "grid.png"
-    assert_png(save_sample_grid(images(13), path, nrow=4, title=title), path)
+    rows = [("prior", images(13)), ("random codes", images(5, seed=1))]
+    assert_png(save_sample_rows(rows, path, nrow=4, title=title), path)
 
 
-def test_save_sample_grid_rejects_empty(tmp_path):
+def test_save_sample_rows_rejects_empty(tmp_path):
     with pytest.raises(ValueError):
-        save_sample_grid(torch.empty(0, 1, 28, 28), tmp_path / "grid.png")
+        save_sample_rows([("none", torch.empty(0, 1, 28, 28))], tmp_path / "grid.png")
 
 
 def test_save_code_usage(tmp_path):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 from geovq.quant.distances import check_metric, metric_features, nearest_center
@@ -22,6 +23,7 @@ from geovq.quant.geodesic import (
     assign_geodesic,
     check_edge_weight,
     check_knn,
+    fit_from_medoids,
     geodesic_kmedoids,
 )
 from geovq.quant.kmeans import check_k, kmeans
@@ -37,11 +39,16 @@ CODEWORDS = ("medoid", "barycenter")
 
 @dataclass
 class Codebook:
-    """Codeword means and standard deviations: shared (K, C) or per position (L, K, C)."""
+    """Codeword means and standard deviations: shared (K, C) or per position (L, K, C).
+
+    A geodesic codebook also keeps its cells' medoids, (K,) or (L, K) indices into the fit
+    chunks (flattened when shared): with barycentric codewords they are the only way back to
+    the graph partition that assigns new points."""
 
     mu: Tensor
     sigma: Tensor
     metric: str
+    medoids: Tensor | None = None
 
     @property
     def per_position(self) -> bool:
@@ -128,6 +135,7 @@ def fit_codebook(
         _fit_group(group_mu, group_sigma, k, metric, seed + index, settings)
         for index, (group_mu, group_sigma) in enumerate(groups)
     ]
+    medoids = None
     if per_position:
         codebook_mu = torch.stack([f.mu for f in fits])
         codebook_sigma = torch.stack([f.sigma for f in fits])
@@ -135,6 +143,9 @@ def fit_codebook(
     else:
         codebook_mu, codebook_sigma = fits[0].mu, fits[0].sigma
         codes = fits[0].labels.reshape(n, positions)
+    if metric == "geodesic":
+        medoids = torch.stack([torch.from_numpy(f.geodesic.medoids) for f in fits])
+        medoids = medoids if per_position else medoids[0]
     info = {
         "metric": metric,
         "k": k,
@@ -146,7 +157,7 @@ def fit_codebook(
         "components_joined": sum(f.components_joined for f in fits),
     }
     return QuantizerFit(
-        codebook=Codebook(codebook_mu, codebook_sigma, metric),
+        codebook=Codebook(codebook_mu, codebook_sigma, metric, medoids),
         codes=codes,
         info=info,
         knn=knn,
@@ -340,6 +351,79 @@ def _assign_group(
     features = metric_features(mu, sigma, metric)
     centers = metric_features(code_mu, code_sigma, metric)
     return nearest_center(features, centers, device=device)[0]
+
+
+def restore_fit(
+    codebook: Codebook, mu: Tensor, sigma: Tensor, *, knn: int = 10, edge_weight: str = "w2"
+) -> QuantizerFit:
+    """A fit rebuilt from a saved codebook and the chunks mu, sigma (N, L, C) it was fitted on,
+    enough for `assign_codes` to give new points the codes the original fit would.
+
+    Nearest-codeword codebooks need only the codebook. A geodesic codebook's cells are its
+    medoids' on the fit's kNN graph, which is rebuilt: the medoids are ``codebook.medoids``,
+    or (a codebook saved without them) found among the chunks as its medoid codewords.
+    """
+    _check_chunks(mu, sigma)
+    codes = torch.empty(0, mu.shape[1], dtype=torch.int64)
+    if codebook.metric != "geodesic":
+        return QuantizerFit(codebook, codes, {"restored": True}, knn=knn)
+    if codebook.per_position:
+        groups = [(mu[:, p], sigma[:, p], p) for p in range(mu.shape[1])]
+    else:
+        flat_mu, flat_sigma = mu.reshape(-1, mu.shape[-1]), sigma.reshape(-1, sigma.shape[-1])
+        groups = [(flat_mu, flat_sigma, None)]
+    fits = []
+    for group_mu, group_sigma, position in groups:
+        points = metric_features(group_mu, group_sigma, "geodesic").detach().cpu().double().numpy()
+        words = _codeword_features(codebook, position)
+        if codebook.medoids is None:  # saved without medoids: the codewords are the medoids
+            medoids = _medoids_among(points, words)
+        else:
+            medoids = codebook.medoids if position is None else codebook.medoids[position]
+            medoids = medoids.detach().cpu().numpy().astype(np.int64)
+            if medoids.min() < 0 or medoids.max() >= len(points):
+                raise ValueError(_NOT_THE_FIT_CHUNKS)
+        fit = fit_from_medoids(points, medoids, knn=knn, edge_weight=edge_weight)
+        if codebook.medoids is not None:
+            _check_cells_match(points, fit, words)
+        fits.append(fit)
+    return QuantizerFit(codebook, codes, {"restored": True}, knn=knn, geodesic_fits=fits)
+
+
+_NOT_THE_FIT_CHUNKS = (
+    "the geodesic codebook does not belong to these chunks: pass the chunks of the split it "
+    "was fitted on"
+)
+
+
+def _codeword_features(codebook: Codebook, position: int | None) -> np.ndarray:
+    word_mu = codebook.mu if position is None else codebook.mu[position]
+    word_sigma = codebook.sigma if position is None else codebook.sigma[position]
+    return metric_features(word_mu, word_sigma, "geodesic").detach().cpu().double().numpy()
+
+
+def _medoids_among(points: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Indices (K,) of the codewords (K, F) among the fit points (N, F)."""
+    gap, medoids = cKDTree(points).query(words, k=1)
+    if np.max(gap) > 1e-6 * (1.0 + np.abs(words).max()):
+        raise ValueError(_NOT_THE_FIT_CHUNKS)
+    return medoids
+
+
+def _check_cells_match(points: np.ndarray, fit: GeodesicFit, words: np.ndarray) -> None:
+    """The restored partition must give back the saved codewords: each cell's medoid, or (for
+    barycentric codewords) each cell's mean; otherwise these are not the fit's chunks."""
+    scale = 1e-5 * (1.0 + np.abs(words).max())
+    if np.abs(points[fit.medoids] - words).max() <= scale:
+        return
+    k = len(fit.medoids)
+    counts = np.bincount(fit.labels, minlength=k)
+    sums = np.zeros_like(words)
+    np.add.at(sums, fit.labels, points)
+    filled = counts > 0
+    means = sums[filled] / counts[filled, None]
+    if np.abs(means - words[filled]).max() > scale:
+        raise ValueError(_NOT_THE_FIT_CHUNKS)
 
 
 def codeword_latents(codebook: Codebook, codes: Tensor) -> Tensor:

@@ -245,6 +245,34 @@ def geodesic_kmedoids(
     )
 
 
+def fit_from_medoids(
+    points: np.ndarray, medoids: np.ndarray, *, knn: int = 10, edge_weight: str = "w2"
+) -> GeodesicFit:
+    """The fit state for known medoids (K,) of `points` (N, F): the same kNN graph that
+    geodesic_kmedoids builds, and every point's nearest medoid on it, so `assign_geodesic`
+    places new points as the original fit would, without refitting."""
+    points = _as_points(points)
+    check_knn(knn, len(points))
+    check_edge_weight(edge_weight)
+    tree = cKDTree(points)
+    graph, joined = connect_components(
+        _knn_graph(tree, points, knn, edge_weight), points, edge_weight
+    )
+    medoids = np.asarray(medoids, dtype=np.int64)
+    labels, distances = assign_to_medoids(graph, medoids)
+    return GeodesicFit(
+        medoids=medoids,
+        labels=labels,
+        distances=distances,
+        objective=float(distances.sum()),
+        components_joined=joined,
+        iterations=0,
+        edge_weight=edge_weight,
+        points=points,
+        tree=tree,
+    )
+
+
 @dataclass
 class _Alternation:
     medoids: np.ndarray

@@ -1,67 +1,75 @@
 """``geovq compare``: the evidence, side by side, for every quantization in the run.
 
-Per source and split: reconstruction MSE/PSNR/SSIM, bits per image, code usage, prior NLL
-(beside uniform and unigram). Sample quality through a small classifier trained on the run's
-train split (cached under ``report/``): Fréchet distance of its features between samples and
-real test images, and class agreement for conditional priors. Quantizations are paired at equal
-bits per image; ``--sweep-k`` adds rate–distortion points. Writes ``report/metrics.json``,
-``report/report.md`` and PNG figures.
+Load (every source, VAE and prior once) → evaluate (``geovq.evaluation``) → render
+(``geovq.report``, ``geovq.plots``). Per source on ``--split``: reconstruction MSE/PSNR/SSIM,
+bits per image, code usage, prior NLL beside uniform and unigram; sample quality through a small
+classifier trained on the run's train split (cached in ``report/classifier.safetensors``);
+equal-rate pairs and, with ``--sweep-k``, rate–distortion points. A split the codes lack (added
+by ``extract --as``) gets codes on the fly. Writes ``report/<split>/``: metrics.json, report.md
+and the figures.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from geovq import GeovqError, memory
-from geovq.artifacts import (
-    REPORT_CLASSIFIER,
-    REPORT_DIR,
-    REPORT_KEY,
-    REPORT_MARKDOWN,
-    REPORT_METRICS,
-    VaeFiles,
-    first_trained_record,
-    load_latents,
-    load_vae,
-    recorded_data,
-    recorded_vaes,
+from geovq import GeovqError
+from geovq.artifacts import PriorFiles, Quantization, VaeFiles
+from geovq.data import stratified_head, to_float
+from geovq.evaluation import (
+    FrechetScorer,
+    code_baselines,
+    decode_images,
+    equal_rate_pairs,
+    pair_notes,
+    rate_points,
+    reconstruction_figures,
+    split_bits_per_code,
+    sweep_points,
 )
-from geovq.data import load_dataset, stratified_head, to_float
-from geovq.metrics import frechet_distance, mse_per_pixel, psnr, ssim, summarize_codes
-from geovq.models.classifier import (
-    ClassifierConfig,
-    SmallClassifier,
-    accuracy,
-    extract_features,
-    train_classifier,
-)
+from geovq.metrics import code_counts, summarize_codes
+from geovq.models.classifier import ClassifierConfig, SmallClassifier, accuracy, train_classifier
 from geovq.models.pixelcnn import sample_codes
+from geovq.plots import save_code_usage, save_image_rows, save_rate_distortion, save_sample_rows
 from geovq.progress import NullProgress
-from geovq.rundir import RunDir, parse_tensors, read_file, strict_json
-from geovq.settings import DataSettings, Settings, parse_k_list
+from geovq.quant.settings_fit import fit_from_settings
+from geovq.report import HEADLINE_COLUMNS, headline_rows, render_report, smoke_warning
+from geovq.rundir import RunDir, split_digest
+from geovq.settings import QuantizeSettings, Settings, parse_k_list
 from geovq.stages.record import StageResult, StageRun, stage
-from geovq.stages.sources import Source, has_refit_decoder, list_sources, load_source
-from geovq.stages.train_prior import code_baselines, prior_path, split_bits_per_code
+from geovq.stages.sources import (
+    RunImages,
+    RunModels,
+    Source,
+    chunk_gaussians,
+    has_refit_decoder,
+    latents_vaes,
+    list_sources,
+    run_images,
+)
 from geovq.training import resolve_device
 
-STAGE = REPORT_KEY
-REPORT = REPORT_DIR
-CLASSIFIER = REPORT_CLASSIFIER
+STAGE = "compare"
+CLASSIFIER = "report/classifier.safetensors"
+SAMPLES_CACHE = "report/samples.safetensors"  # sample quality and the samples shown
+HELD_OUT_SAMPLES_NOTE = (
+    "not recomputed for a held-out split (samples do not depend on the split); see "
+    "report/test/, or compare the test split with the same --samples first to have it here"
+)
 IMAGES_SHOWN = 10
+SAMPLES_SHOWN = 16
 
 
-@dataclass
-class RunImages:
-    """Real images per split (uint8) and labels, loaded once."""
+def stage_key(split: str) -> str:
+    return f"{STAGE}/{split}"
 
-    images: dict[str, torch.Tensor] = field(default_factory=dict)
-    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+def report_dir(split: str) -> str:
+    return f"report/{split}"
 
 
 @stage
@@ -70,257 +78,98 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
     options = settings.compare
-    record = StageRun(run_dir, STAGE, None, device, settings.seed, settings.force)
+    split = options.split
     names = list_sources(run_dir)
     if not names:
         raise GeovqError(
             f"no quantization in {run_dir.path}; run `geovq quantize` (post hoc) or "
             "`geovq train-vqvae` (end to end) first"
         )
+    record = StageRun(run_dir, stage_key(split), None, device, settings.seed, settings.force)
     record.settle({"compare": json.loads(options.model_dump_json()), "seed": settings.seed})
-    data = _run_images(record)
-    image_shape = tuple(data.images["train"].shape[1:])
-    memory.require(
-        memory.images_bytes(options.samples, image_shape, copies=8),
-        device,
-        f"compare --samples {options.samples}",
-        "use a smaller --samples",
-    )
-    sources = _load_sources(record, names, data, device)
-    missing = [s.label for s in sources if options.split not in s.codes]
-    sources = [s for s in sources if options.split in s.codes]
-    if not sources:
+    models = RunModels(record, device)
+    data = run_images(models)
+    if split not in data.images:
         raise GeovqError(
-            f"--split {options.split} is in no quantization; choose one of {', '.join(data.images)}"
+            f"--split {split} is not in the run; choose one of {', '.join(data.images)}"
         )
-    vaes = _recorded_vaes(record)
+    sources = _load_sources(models, names)
+    missing = [
+        s.label for s in sources if not s.add_split(split, data.images[split], data.labels[split])
+    ]
+    sources = [s for s in sources if split in s.codes]
+    if not sources:
+        raise GeovqError(f"no quantization has codes or latents for --split {split}")
+    vaes = [files for files in latents_vaes(models) if f"{split}.mu" in models.latents(files)[0]]
 
     progress.start("compare: reconstructions", total=len(sources) + len(vaes))
-    entries = {}
+    entries, references = {}, {}
     for source in sources:
-        entries[source.label] = _source_entry(record, source, data, device)
+        entries[source.label] = _source_entry(models, source, data, split)
         progress.advance(1)
-    references = {}
     for files in vaes:
-        references[files.vae] = _vae_entry(record, files, data, device)
+        references[files.vae] = _vae_entry(models, files, data, split)
         progress.advance(1)
     progress.finish()
 
-    quality = _sample_quality(record, sources, vaes, data, settings, device, progress)
-    pairs = equal_rate_pairs(entries, options.split)
-    skipped: list[str] = []
-    sweep = (
-        _sweep(record, entries, options, settings, device, progress, skipped)
-        if options.sweep_k
-        else []
+    quality, shown = _sample_quality_cached(run_dir, models, sources, vaes, data, settings)
+    pairs = equal_rate_pairs(entries, split)
+    sweep, skipped = (
+        _sweep(models, entries, settings, data, progress) if options.sweep_k else ([], [])
     )
-    metrics = {
-        "split": options.split,
+    metrics: dict[str, Any] = {
+        "split": split,
+        "smoke_run": _smoke_reason(quality, data),
         "sources": entries,
         "vae_reference": references,
         "sample_quality": quality,
         "equal_rate_pairs": pairs,
-        "rate_distortion": rate_points(entries, options.split) + sweep,
+        "rate_distortion": rate_points(entries, split) + sweep,
         "sweep_skipped": skipped,
     }
-    figures = _figures(record, sources, data, metrics, quality, device)
+    folder = report_dir(split)
+    figures = _figures(record, folder, models, sources, vaes, shown, data, metrics)
     metrics["figures"] = figures
-    record.write_bytes(REPORT_METRICS, strict_json(metrics).encode())
-    record.write_bytes(REPORT_MARKDOWN, render_report(metrics).encode())
-    record.finish({"split": options.split, "sources": list(entries), "equal_rate_pairs": pairs})
+    text = json.dumps(metrics, indent=2, sort_keys=True, default=_json_default) + "\n"
+    record.write_bytes(f"{folder}/metrics.json", text.encode())
+    record.write_bytes(f"{folder}/report.md", render_report(metrics).encode())
+    _record_latents_per_split(record, models, split)
+    record.finish({"split": split, "sources": list(entries), "equal_rate_pairs": pairs})
+    _remove_stale_figures(run_dir, folder, figures)
+    notes = [f"report: {run_dir.file(folder + '/report.md')}"]
+    if metrics["smoke_run"]:
+        notes.insert(0, smoke_warning(metrics["smoke_run"]))
+    notes += pair_notes(pairs) + skipped
+    notes += [f"{name} has no latents or images for the {split} split" for name in missing]
     return StageResult(
-        STAGE,
+        stage_key(split),
         metrics,
         record.outputs,
-        title=f"compare ({options.split} split)",
+        title=f"compare ({split} split)",
         columns=HEADLINE_COLUMNS,
         rows=headline_rows(metrics),
-        notes=[f"report: {run_dir.file(REPORT + '/report.md')}"]
-        + _pair_notes(pairs)
-        + skipped
-        + [
-            f"{name} has no {options.split} codes: rerun its stage to include it"
-            for name in missing
-        ],
+        notes=notes,
     )
 
 
-def _load_sources(record: StageRun, names: list[str], data: RunImages, device) -> list[Source]:
-    """Every source; a post-hoc one with a refit decoder also as it decodes without the refit,
-    and VQ-VAEs encode splits they have no codes for (e.g. added by ``extract --as``)."""
+# -- load --------------------------------------------------------------------------------------
+def _load_sources(models: RunModels, names: list[str]) -> list[Source]:
+    """Every source; a post-hoc one with a refit decoder also as it decodes without the refit."""
     sources = []
     for name in names:
-        source = load_source(record, name, device)
-        for split, images in data.images.items():
-            if split not in source.codes:
-                codes = source.encode(images)
-                if codes is not None:
-                    source.codes[split] = codes
-                    source.labels[split] = data.labels[split]
+        source = models.source(name)
         sources.append(source)
-        if source.kind == "posthoc" and has_refit_decoder(record.run_dir, name):
-            plain = load_source(record, name, device, use_refit=False)
+        if source.kind == "posthoc" and has_refit_decoder(models.run_dir, name):
+            plain = models.source(name, use_refit=False)
             plain.variant = "vae decoder"
             sources.append(plain)
     return sources
 
 
-# -- per-source figures ------------------------------------------------------------------------
-def reconstruction_figures(recons: torch.Tensor, images_u8: torch.Tensor) -> dict[str, float]:
-    images = to_float(images_u8)
-    return {
-        "mse_per_pixel": mse_per_pixel(recons, images),
-        "psnr": psnr(recons, images),
-        "ssim": ssim(recons, images),
-    }
-
-
-def _source_entry(record: StageRun, source: Source, data: RunImages, device) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "kind": source.kind,
-        "k": source.k,
-        "grid": list(source.grid),
-        "per_position": source.per_position,
-        "bits_per_image": source.bits_per_image,
-        "decoder": source.decoder,
-        "metric": source.metadata.metric or "vq-vae",
-        "vae": source.metadata.vae or "",
-        "splits": {},
-        "prior": None,
-    }
-    for split, codes in source.codes.items():
-        figures = summarize_codes(codes, source.k, per_position=source.per_position)
-        if split in data.images and data.images[split].shape[0] == codes.shape[0]:
-            figures.update(reconstruction_figures(source.decode(codes), data.images[split]))
-        entry["splits"][split] = figures
-    entry["prior"] = _prior_figures(record, source, device)
-    return entry
-
-
-def _prior_figures(record: StageRun, source: Source, device) -> dict[str, Any] | None:
-    from geovq.stages.sample import load_prior
-
-    if not record.run_dir.exists(prior_path(source.name)):
-        return None
-    prior = load_prior(record, source, device)  # a changed or stale prior is refused
-    figures: dict[str, Any] = {"conditional": prior.config.num_classes > 0, "splits": {}}
-    for split, codes in source.codes.items():
-        labels = source.labels.get(split) if prior.config.num_classes else None
-        if labels is not None and int(labels.min()) < 0:
-            continue
-        bits = split_bits_per_code(
-            prior, codes.to(device), None if labels is None else labels.to(device)
-        )
-        figures["splits"][split] = {
-            "bits_per_code": bits,
-            "bits_per_image": bits * source.positions,
-        }
-    figures.update(code_baselines(source))
-    return figures
-
-
-def _vae_entry(record: StageRun, files: VaeFiles, data: RunImages, device) -> dict[str, Any]:
-    vae, _ = load_vae(record, device, files)
-    latents, _ = load_latents(record, files)
-    entry: dict[str, Any] = {
-        "latent_dim": vae.config.total_latent_dim,
-        "latent": vae.config.latent,
-        "splits": {},
-    }
-    with torch.no_grad():
-        for split in data.images:
-            key = f"{split}.mu"
-            if key not in latents:
-                continue
-            mu = latents[key]
-            recons = torch.cat(
-                [
-                    torch.sigmoid(vae.decode(mu[i : i + 1000].to(device))).float().cpu()
-                    for i in range(0, len(mu), 1000)
-                ]
-            )
-            entry["splits"][split] = reconstruction_figures(recons, data.images[split])
-    return entry
-
-
-# -- sample quality ----------------------------------------------------------------------------
-def _sample_quality(
-    record: StageRun, sources, vaes, data: RunImages, settings: Settings, device, progress
-) -> dict[str, Any]:
-    options = settings.compare
-    if "train" not in data.labels or int(data.labels["train"].min()) < 0:
-        return {"skipped": "the run's data has no class labels"}
-    classifier, classifier_acc = _classifier(record, data, settings, device)
-    real = to_float(data.images["test"]).to(device)
-    real_features = extract_features(classifier, real)
-    generator = torch.Generator(device=device).manual_seed(settings.seed + 11)
-    results: dict[str, Any] = {
-        "classifier_test_accuracy": classifier_acc,
-        "samples": options.samples,
-        "sources": {},
-    }
-    progress.start("compare: sample quality", total=len(sources) + len(vaes))
-    for source in sources:
-        figures: dict[str, Any] = {}
-        random_codes = torch.randint(
-            source.k, (options.samples, *source.grid), generator=generator, device=device
-        )
-        random_images = source.decode(random_codes)
-        figures["random_frechet"] = frechet_distance(
-            extract_features(classifier, random_images.to(device)), real_features
-        )
-        prior_images = _prior_samples(record, source, options.samples, generator, device)
-        if prior_images is not None:
-            images, labels = prior_images
-            figures["prior_frechet"] = frechet_distance(
-                extract_features(classifier, images.to(device)), real_features
-            )
-            if labels is not None:
-                figures["class_agreement"] = accuracy(
-                    classifier, images.to(device), labels.to(device)
-                )
-        results["sources"][source.label] = figures
-        progress.advance(1)
-    for files in vaes:
-        vae, _ = load_vae(record, device, files)
-        z = torch.randn(
-            options.samples, vae.config.total_latent_dim, generator=generator, device=device
-        )
-        with torch.no_grad():
-            images = torch.sigmoid(vae.decode(z)).float()
-        results["sources"][files.vae] = {
-            "prior_frechet": frechet_distance(extract_features(classifier, images), real_features)
-        }
-        progress.advance(1)
-    progress.finish()
-    # The reference floor: as many real train images as samples, balanced over classes (the
-    # split itself may be sorted by class).
-    subset = stratified_head(data.labels["train"], min(options.samples, len(data.labels["train"])))
-    real_train = to_float(data.images["train"][subset]).to(device)
-    results["real_train_frechet"] = frechet_distance(
-        extract_features(classifier, real_train), real_features
-    )
-    return results
-
-
-def _prior_samples(record: StageRun, source: Source, n: int, generator, device):
-    """(images, requested labels or None) from the source's prior, or None without one."""
-    from geovq.stages.sample import load_prior
-
-    if not record.run_dir.exists(prior_path(source.name)):
-        return None
-    prior = load_prior(record, source, device)
-    classes = prior.config.num_classes
-    labels = (torch.arange(n, device=device) % classes) if classes else None
-    codes = sample_codes(prior, n, labels=labels, generator=generator)
-    return source.decode(codes), labels
-
-
 def _classifier(
-    record: StageRun, data: RunImages, settings: Settings, device
+    run_dir: RunDir, data: RunImages, settings: Settings, device
 ) -> tuple[SmallClassifier, float]:
-    """Train once on the run's train split; cached in report/classifier.safetensors (used
-    only while it matches compare's record, retrained otherwise)."""
+    """Train once on the run's train split; cached in report/classifier.safetensors."""
     channels, height, width = data.images["train"].shape[1:]
     num_classes = int(data.labels["train"].max()) + 1
     config = ClassifierConfig(channels, height, width, num_classes)
@@ -330,13 +179,11 @@ def _classifier(
         "seed": str(settings.seed),
         "train_images": str(data.images["train"].shape[0]),
     }
-    cached = _cached_classifier(record)
-    if cached is not None:
-        tensors, meta = cached
+    if run_dir.exists(CLASSIFIER):
+        tensors, meta = run_dir.load_tensors(CLASSIFIER, "classifier")
         if all(meta.get(k) == v for k, v in key.items()):
             model = SmallClassifier(config)
             model.load_state_dict(tensors)
-            record.write(CLASSIFIER, tensors, meta)
             return model.to(device).eval(), float(meta["test_accuracy"])
     model = train_classifier(
         to_float(data.images["train"]).to(device),
@@ -348,367 +195,344 @@ def _classifier(
     test_acc = accuracy(
         model, to_float(data.images["test"]).to(device), data.labels["test"].to(device)
     )
-    record.write(CLASSIFIER, model.state_dict(), {**key, "test_accuracy": str(test_acc)})
+    run_dir.save_tensors(CLASSIFIER, model.state_dict(), {**key, "test_accuracy": str(test_acc)})
     return model.eval(), test_acc
 
 
-def _cached_classifier(record: StageRun):
-    """The classifier compare recorded last time, if its file still matches the record."""
-    recorded = (record.record_of(STAGE) or {}).get("outputs", {}).get(CLASSIFIER)
-    path = record.run_dir.file(CLASSIFIER)
-    if recorded is None or not path.is_file():
+# -- evaluate ----------------------------------------------------------------------------------
+def _source_entry(models: RunModels, source: Source, data: RunImages, split: str) -> dict:
+    codes = source.codes[split]
+    figures = summarize_codes(codes, source.k, per_position=source.per_position)
+    figures.update(reconstruction_figures(source.decode(codes), data.images[split]))
+    return {
+        "kind": source.kind,
+        "k": source.k,
+        "grid": list(source.grid),
+        "per_position": source.per_position,
+        "bits_per_image": source.bits_per_image,
+        "decoder": source.decoder,
+        "metric": source.metadata.metric or "vq-vae",
+        "vae": source.metadata.vae or "",
+        "codes_on_the_fly": split in source.on_the_fly,
+        "splits": {split: figures},
+        "prior": _prior_figures(models, source, split),
+    }
+
+
+def _prior_figures(models: RunModels, source: Source, split: str) -> dict[str, Any] | None:
+    prior = models.prior(source)
+    if prior is None:
         return None
-    data = read_file(path)
-    if hashlib.sha256(data).hexdigest() != recorded["sha256"]:
-        return None
-    return parse_tensors(data, path)
-
-
-# -- equal rate and rate–distortion ------------------------------------------------------------
-def equal_rate_pairs(entries: dict[str, dict], split: str) -> list[dict[str, Any]]:
-    """Each post-hoc quantization beside every VQ-VAE with the same bits per image."""
-    pairs = []
-    for name, entry in entries.items():
-        if entry["kind"] != "posthoc":
-            continue
-        for other, vq in entries.items():
-            if vq["kind"] != "vqvae" or not math.isclose(
-                vq["bits_per_image"], entry["bits_per_image"]
-            ):
-                continue
-            ours, theirs = entry["splits"][split], vq["splits"][split]
-            if "mse_per_pixel" not in ours or "mse_per_pixel" not in theirs:
-                continue
-            pairs.append(
-                {
-                    "posthoc": name,
-                    "vqvae": other,
-                    "bits_per_image": entry["bits_per_image"],
-                    "posthoc_mse": ours["mse_per_pixel"],
-                    "vqvae_mse": theirs["mse_per_pixel"],
-                    "mse_ratio": ours["mse_per_pixel"] / theirs["mse_per_pixel"],
-                    "posthoc_utilisation": ours["utilisation"],
-                    "vqvae_utilisation": theirs["utilisation"],
-                }
-            )
-    return pairs
-
-
-def family_of(entry: dict[str, Any]) -> str:
-    if entry["kind"] == "vqvae":
-        return "vq-vae"
-    latent = entry.get("vae") or "flat"
-    refit = " + refit" if entry["decoder"].endswith("decoder.safetensors") else ""
-    pp = " per-position" if entry["per_position"] else ""
-    return f"post-hoc {entry['metric']}{pp} ({latent}){refit}"
-
-
-def rate_points(entries: dict[str, dict], split: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": name,
-            "family": family_of(entry),
-            "bits_per_image": entry["bits_per_image"],
-            "mse": entry["splits"][split]["mse_per_pixel"],
+    figures: dict[str, Any] = {"conditional": prior.config.num_classes > 0, "splits": {}}
+    labels = source.labels.get(split) if prior.config.num_classes else None
+    if labels is None or int(labels.min()) >= 0:
+        device = models.device
+        bits = split_bits_per_code(
+            prior, source.codes[split].to(device), None if labels is None else labels.to(device)
+        )
+        figures["splits"][split] = {
+            "bits_per_code": bits,
+            "bits_per_image": bits * source.positions,
         }
-        for name, entry in entries.items()
-        if "mse_per_pixel" in entry["splits"].get(split, {})
-    ]
+    figures.update(
+        code_baselines(source.codes["train"], source.codes[split], source.k, source.per_position)
+    )
+    return figures
+
+
+def _vae_entry(models: RunModels, files: VaeFiles, data: RunImages, split: str) -> dict:
+    vae, _ = models.vae(files)
+    latents, _ = models.latents(files)
+    recons = decode_images(vae.decode, latents[f"{split}.mu"], models.device)
+    return {
+        "latent_dim": vae.config.total_latent_dim,
+        "latent": vae.config.latent,
+        "splits": {split: reconstruction_figures(recons, data.images[split])},
+    }
+
+
+def _sample_quality_cached(
+    run_dir: RunDir,
+    models: RunModels,
+    sources: list[Source],
+    vaes: list[VaeFiles],
+    data: RunImages,
+    settings: Settings,
+) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """Sample quality and the samples shown in the figures, from the cache when nothing they
+    depend on changed. They do not depend on --split, so a held-out compare reuses them."""
+    key = _samples_key(run_dir, sources, vaes, settings)
+    if run_dir.exists(SAMPLES_CACHE):
+        tensors, meta = run_dir.load_tensors(SAMPLES_CACHE, "cached samples")
+        if meta.get("key") == key:
+            shown: dict[str, dict[str, torch.Tensor]] = {}
+            for name, images in tensors.items():
+                label, kind = name.rsplit("|", 1)
+                shown.setdefault(label, {})[kind] = images
+            return json.loads(meta["quality"]), shown
+    if settings.compare.split in data.extras:
+        # A held-out split asks how the codes do on new data; sampling every prior again for
+        # figures that do not depend on the split would cost most of the time.
+        return {"skipped": HELD_OUT_SAMPLES_NOTE}, {}
+    n = settings.compare.samples
+    samples = _samples(models, sources, vaes, n, settings.seed, models.device)
+    quality = _sample_quality(run_dir, samples, data, settings, models.device)
+    shown = {
+        label: {kind: entry[kind][:SAMPLES_SHOWN] for kind in ("prior", "random") if kind in entry}
+        for label, entry in samples.items()
+    }
+    tensors = {
+        f"{label}|{kind}": images for label, e in shown.items() for kind, images in e.items()
+    }
+    run_dir.save_tensors(SAMPLES_CACHE, tensors, {"key": key, "quality": json.dumps(quality)})
+    return quality, shown
+
+
+def _samples_key(
+    run_dir: RunDir, sources: list[Source], vaes: list[VaeFiles], settings: Settings
+) -> str:
+    """What the samples and their scores depend on: every decoder, codes and prior file (by
+    sha256), the number of samples, the seed and the classifier's training."""
+    files = set()
+    for source in sources:
+        quant = Quantization.parse(source.name)
+        files |= {quant.codes, source.decoder, PriorFiles(quant).path}
+    files |= {vae.vae for vae in vaes}
+    digests = {path: run_dir.sha256(path) for path in sorted(files) if run_dir.exists(path)}
+    labels = [source.label for source in sources] + [vae.vae for vae in vaes]
+    options = settings.compare
+    parts = [digests, labels, options.samples, options.classifier_epochs, settings.seed]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _samples(
+    models: RunModels, sources: list[Source], vaes: list[VaeFiles], n: int, seed: int, device
+) -> dict[str, dict[str, Any]]:
+    """Per source: n images from uniform random codes and, with a prior, n prior samples (with
+    the classes asked of a conditional prior); per VAE: n decodings of z ~ N(0, I). A variant
+    (same codes, another decoder) decodes the same codes as its source."""
+    generator = torch.Generator(device=device).manual_seed(seed + 11)
+    samples: dict[str, dict[str, Any]] = {}
+    codes_of: dict[str, dict[str, Any]] = {}  # source name -> the codes drawn for it
+    for source in sources:
+        if source.name not in codes_of:
+            drawn: dict[str, Any] = {
+                "random": torch.randint(
+                    source.k, (n, *source.grid), generator=generator, device=device
+                )
+            }
+            prior = models.prior(source)
+            if prior is not None:
+                classes = prior.config.num_classes
+                labels = (torch.arange(n, device=device) % classes) if classes else None
+                drawn["prior"] = sample_codes(prior, n, labels=labels, generator=generator)
+                drawn["labels"] = labels
+            codes_of[source.name] = drawn
+        drawn = codes_of[source.name]
+        entry: dict[str, Any] = {"random": source.decode(drawn["random"])}
+        if "prior" in drawn:
+            entry["prior"], entry["labels"] = source.decode(drawn["prior"]), drawn["labels"]
+        samples[source.label] = entry
+    for files in vaes:
+        vae, _ = models.vae(files)
+        z = torch.randn(n, vae.config.total_latent_dim, generator=generator, device=device)
+        samples[files.vae] = {"prior": decode_images(vae.decode, z, device)}
+    return samples
+
+
+def _sample_quality(
+    run_dir: RunDir, samples: dict, data: RunImages, settings: Settings, device
+) -> dict[str, Any]:
+    if "train" not in data.labels or int(data.labels["train"].min()) < 0:
+        return {"skipped": "the run's data has no class labels"}
+    classifier, classifier_acc = _classifier(run_dir, data, settings, device)
+    scorer = FrechetScorer(classifier, to_float(data.images["test"]))
+    results: dict[str, Any] = {
+        "classifier_test_accuracy": classifier_acc,
+        "samples": settings.compare.samples,
+        "sources": {},
+    }
+    for label, entry in samples.items():
+        figures: dict[str, Any] = {}
+        if "random" in entry:
+            figures["random_frechet"] = scorer.score(entry["random"])
+        if "prior" in entry:
+            figures["prior_frechet"] = scorer.score(entry["prior"])
+        if entry.get("labels") is not None:
+            figures["class_agreement"] = accuracy(
+                classifier, entry["prior"].to(device), entry["labels"]
+            )
+        results["sources"][label] = figures
+    # The floor: as many real train images as samples, balanced over classes (the split
+    # itself may be sorted by class).
+    n = min(settings.compare.samples, len(data.labels["train"]))
+    real_train = to_float(data.images["train"][stratified_head(data.labels["train"], n)])
+    results["real_train_frechet"] = scorer.score(real_train)
+    return results
 
 
 def _sweep(
-    record: StageRun, entries, options, settings: Settings, device, progress, skipped: list[str]
-) -> list[dict]:
-    """Quantize again at each K of --sweep-k for every post-hoc family already in the run;
-    a K larger than the family's fit points is skipped and said in ``skipped``."""
-    from geovq.artifacts import split_images
-    from geovq.metrics import decoded_mse
-    from geovq.quant.codebook import assign_codes, chunk_latents, codeword_latents, fit_codebook
-
-    families: dict[tuple, dict] = {}
+    models: RunModels, entries: dict, settings: Settings, data: RunImages, progress
+) -> tuple[list[dict], list[str]]:
+    """Quantize again at each K of --sweep-k for every post-hoc family in the run, with the
+    fit quantize uses (one restart: the sweep maps the curve; the run's codebooks are the
+    carefully fitted points). Returns the points and a line for each K skipped, and why."""
+    split = settings.compare.split
+    families: dict[tuple, QuantizeSettings] = {}
     for name, entry in entries.items():
-        if entry["kind"] == "posthoc":
-            recorded = record.record_of(f"quantize/{name.removeprefix('quant/')}")
-            # scalar codebooks are sized by levels, not K: they are points, not swept
-            if recorded and recorded["settings"]["quantize"]["metric"] != "scalar":
-                q = recorded["settings"]["quantize"]
-                families.setdefault(
-                    (entry["vae"], q["metric"], q["codebook"], recorded["metrics"]["chunks"]), q
-                )
-    points = []
-    ks = parse_k_list(options.sweep_k)
+        if entry["kind"] != "posthoc":
+            continue
+        recorded = models.run_dir.stage(f"quantize/{name.split(' ')[0].removeprefix('quant/')}")
+        if not recorded:
+            continue
+        q = QuantizeSettings.model_validate(recorded["settings"]["quantize"])
+        if q.metric == "scalar":  # sized by its levels, not K: a point, not a curve
+            continue
+        chunks = recorded["metrics"]["chunks"]
+        codeword = q.codeword if q.metric == "geodesic" else "mean"
+        families.setdefault((entry["vae"], q.metric, codeword, q.codebook, chunks), q)
+    ks = parse_k_list(settings.compare.sweep_k)
+    points: list[dict] = []
+    skipped: list[str] = []
     progress.start("compare: rate-distortion sweep", total=len(families) * len(ks))
-    for (vae_name, metric, codebook, chunks), q in families.items():
+    for (vae_name, metric, codeword, codebook, chunks), q in families.items():
         files = VaeFiles(vae_name or None)
-        latents, meta = load_latents(record, files)
-        vae, _ = load_vae(record, device, files)
-        images = split_images(record, meta, files)
-        fit_mu = chunk_latents(latents[f"{q['fit_split']}.mu"], chunks)
-        fit_sigma = chunk_latents(torch.exp(0.5 * latents[f"{q['fit_split']}.logvar"]), chunks)
-        mu = chunk_latents(latents[f"{options.split}.mu"], chunks)
-        sigma = chunk_latents(torch.exp(0.5 * latents[f"{options.split}.logvar"]), chunks)
-        per_position = codebook == "per-position"
-        family = (
-            f"post-hoc {metric}{' per-position' if per_position else ''} ({vae_name or 'flat'})"
+        latents, _ = models.latents(files)
+        vae, _ = models.vae(files)
+        fit_mu, fit_sigma = chunk_gaussians(latents, q.fit_split, chunks)
+        mu, sigma = (
+            (None, None) if split == q.fit_split else chunk_gaussians(latents, split, chunks)
         )
-        for k in ks:
-            points_available = fit_mu.shape[0] * (1 if per_position else chunks)
-            if k > points_available:
-                skipped.append(
-                    f"sweep skipped K={k} for {family}: its fit split has only "
-                    f"{points_available} points"
-                )
-                progress.advance(1)
-                continue
-            # One restart per sweep point: the sweep maps the curve; the run's own codebooks
-            # are the carefully fitted points.
-            options_used = {key: q[key] for key in ("iters", "tol", "knn", "edge_weight")}
-            options_used["restarts"] = 1
-            fit = fit_codebook(
-                fit_mu,
-                fit_sigma,
-                k,
-                metric,
-                per_position=per_position,
-                seed=settings.seed,
-                **options_used,
-            )
-            codes = (
-                fit.codes
-                if options.split == q["fit_split"]
-                else assign_codes(fit, mu, sigma, assign=q["assign"])
-            )
-            mse = decoded_mse(
-                vae.decode, codeword_latents(fit.codebook, codes), images[options.split], device
-            )
-            points.append(
-                {
-                    "name": f"{metric}-k{k} (sweep)",
-                    "family": family,
-                    "bits_per_image": chunks * math.log2(k),
-                    "mse": mse,
-                    "sweep": True,
-                }
-            )
-            progress.advance(1)
+        per_position = codebook == "per-position"
+        label = "geodesic-bary" if codeword == "barycenter" else metric
+        family = f"post-hoc {label}{' per-position' if per_position else ''} ({vae_name or 'flat'})"
+        fit_points = fit_mu.shape[0] * (1 if per_position else chunks)
+        usable = [k for k in ks if k <= fit_points]
+        skipped += [
+            f"sweep skipped K={k} for {family}: its fit split has only {fit_points} points"
+            for k in ks
+            if k > fit_points
+        ]
+        progress.advance(len(ks) - len(usable))
+
+        def fit_at(k: int, q=q, fit_mu=fit_mu, fit_sigma=fit_sigma):
+            options = q.model_copy(update={"k": k, "restarts": 1})
+            return fit_from_settings(options, fit_mu, fit_sigma, settings.seed)
+
+        points += sweep_points(
+            fit_at,
+            usable,
+            vae.decode,
+            data.images[split],
+            models.device,
+            mu=mu,
+            sigma=sigma,
+            assign=q.assign,
+            family=family,
+            label=label,
+            on_point=lambda: progress.advance(1),
+        )
     progress.finish()
-    return points
+    return points, skipped
 
 
-# -- figures and report ------------------------------------------------------------------------
+def _smoke_reason(quality: dict[str, Any], data: RunImages) -> str:
+    """Why this run's figures cannot be trusted, or "" (a smoke run: tiny data, barely
+    trained models; the quick preset makes one)."""
+    reasons = []
+    if data.images["train"].shape[0] < 1000:
+        reasons.append(f"only {data.images['train'].shape[0]} training images")
+    accuracy_ = quality.get("classifier_test_accuracy")
+    if accuracy_ is not None and accuracy_ < 0.9:
+        reasons.append(f"a {accuracy_:.0%}-accurate classifier judges the samples")
+    return "; ".join(reasons)
+
+
+# -- render ------------------------------------------------------------------------------------
 def _figures(
-    record: StageRun, sources, data: RunImages, metrics, quality, device
+    record: StageRun,
+    folder: str,
+    models: RunModels,
+    sources: list[Source],
+    vaes: list[VaeFiles],
+    samples_shown: dict[str, dict[str, torch.Tensor]],
+    data: RunImages,
+    metrics: dict,
 ) -> dict[str, str]:
-    from geovq.metrics import code_counts
-    from geovq.plots import save_code_usage, save_image_rows, save_rate_distortion
-
     split = metrics["split"]
     figures = {}
-    originals = to_float(data.images[split][:IMAGES_SHOWN])
-    rows = [("original", originals)]
-    for files in _recorded_vaes(record):
-        vae, _ = load_vae(record, device, files)
-        latents, _ = load_latents(record, files)
-        with torch.no_grad():
-            rows.append(
-                (
-                    files.vae.removesuffix(".safetensors"),
-                    torch.sigmoid(
-                        vae.decode(latents[f"{split}.mu"][:IMAGES_SHOWN].to(device))
-                    ).cpu(),
-                )
-            )
-    for source in sources:
-        rows.append((source.label, source.decode(source.codes[split][:IMAGES_SHOWN])))
-    figures["reconstructions"] = _figure(
-        record,
-        f"{REPORT}/reconstructions.png",
-        lambda path: save_image_rows(rows, path, max_images=IMAGES_SHOWN),
+    labels = data.labels[split]
+    n = min(IMAGES_SHOWN, len(labels))
+    picked = stratified_head(labels, n) if int(labels.min()) >= 0 else torch.arange(n)
+    rows = [("original", to_float(data.images[split][picked]))]
+    for files in vaes:
+        vae, _ = models.vae(files)
+        latents, _ = models.latents(files)
+        mu = latents[f"{split}.mu"][picked]
+        label = f"{files.vae.removesuffix('.safetensors')} (continuous μ)"
+        rows.append((label, decode_images(vae.decode, mu, models.device)))
+    rows += [(source.label, source.decode(source.codes[split][picked])) for source in sources]
+    figures["reconstructions"] = _save(
+        record, f"{folder}/reconstructions.png", lambda path: save_image_rows(rows, path)
     )
+    # a variant (the same codes through another decoder) would draw the same curve again
     usage = {
-        s.label: code_counts(s.codes[split], s.k, per_position=s.per_position) for s in sources
+        s.label: code_counts(s.codes[split], s.k, per_position=s.per_position)
+        for s in sources
+        if not s.variant
     }
-    figures["code_usage"] = _figure(
-        record, f"{REPORT}/code_usage.png", lambda path: save_code_usage(usage, path)
+    figures["code_usage"] = _save(
+        record, f"{folder}/code_usage.png", lambda path: save_code_usage(usage, path)
     )
-    if metrics["rate_distortion"]:
-        figures["rate_distortion"] = _figure(
-            record,
-            f"{REPORT}/rate_distortion.png",
-            lambda path: save_rate_distortion(metrics["rate_distortion"], path),
+    points = metrics["rate_distortion"]
+    if points:
+        figures["rate_distortion"] = _save(
+            record, f"{folder}/rate_distortion.png", lambda path: save_rate_distortion(points, path)
         )
-    generator = torch.Generator(device=device).manual_seed(0)
     for source in sources:
-        grid_rows = []
-        prior = _prior_samples(record, source, 16, generator, device)
-        if prior is not None:
-            grid_rows.append(("prior", prior[0]))
-        random_codes = torch.randint(
-            source.k, (16, *source.grid), generator=generator, device=device
-        )
-        grid_rows.append(("random codes", source.decode(random_codes)))
-        figures[f"samples {source.label}"] = _figure(
+        if source.label not in samples_shown:
+            continue
+        entry = samples_shown[source.label]
+        grid_rows = [("prior", entry["prior"])] if "prior" in entry else []
+        grid_rows.append(("random codes", entry["random"]))
+        figures[f"samples {source.label}"] = _save(
             record,
-            f"{REPORT}/samples-{source.slug}.png",
-            lambda path, rows=grid_rows: save_image_rows(rows, path, max_images=16),
+            f"{folder}/samples-{source.slug}.png",
+            lambda path, rows=grid_rows, title=source.label: save_sample_rows(
+                rows, path, title=title
+            ),
         )
     return figures
 
 
-def _figure(record: StageRun, relpath: str, save) -> str:  # noqa: ANN001 - save(path)
-    """Render a figure into the stage's staging folder; it lands with the report."""
+def _save(record: StageRun, relpath: str, save) -> str:
+    """A figure written into the stage's staging folder, committed with its record."""
     save(record.staged_path(relpath))
     record.adopt(relpath)
     return relpath
 
 
-HEADLINE_COLUMNS = [
-    "quantization",
-    "bits/img",
-    "mse/pixel",
-    "psnr",
-    "ssim",
-    "util",
-    "dead",
-    "perplexity",
-    "prior bits/code",
-    "unigram",
-    "FD prior",
-    "FD random",
-]
+def _record_latents_per_split(record: StageRun, models: RunModels, split: str) -> None:
+    """compare reads the evaluated split (and, to assign codes on the fly, the fit split) of
+    each latents file: record those splits, so another split added later leaves it current."""
+    for files in latents_vaes(models):
+        if record.inputs.pop(files.latents, None) is None:
+            continue
+        latents, _ = models.latents(files)
+        for name in {split, "train"}:
+            if f"{name}.mu" in latents:
+                record.inputs[f"{files.latents}#{name}"] = split_digest(latents, name)
 
 
-def headline_rows(metrics: dict[str, Any]) -> list[list[str]]:
-    split = metrics["split"]
-    quality = metrics["sample_quality"].get("sources", {})
-    rows = []
-    for name, ref in metrics["vae_reference"].items():
-        figures = ref["splits"].get(split, {})
-        fd = quality.get(name, {}).get("prior_frechet")
-        rows.append(
-            [
-                f"{name} (continuous)",
-                "-",
-                _f(figures.get("mse_per_pixel"), 5),
-                _f(figures.get("psnr"), 2),
-                _f(figures.get("ssim"), 3),
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                _f(fd, 1),
-                "-",
-            ]
-        )
-    for name, entry in metrics["sources"].items():
-        figures = entry["splits"][split]
-        prior = entry.get("prior") or {}
-        prior_bits = prior.get("splits", {}).get(split, {}).get("bits_per_code")
-        sq = quality.get(name, {})
-        rows.append(
-            [
-                name,
-                f"{entry['bits_per_image']:.0f}",
-                _f(figures.get("mse_per_pixel"), 5),
-                _f(figures.get("psnr"), 2),
-                _f(figures.get("ssim"), 3),
-                f"{figures['utilisation']:.0%}",
-                str(figures["dead_codes"]),
-                _f(figures["perplexity"], 1),
-                _f(prior_bits, 3),
-                _f(prior.get("unigram_bits_per_code"), 3),
-                _f(sq.get("prior_frechet"), 1),
-                _f(sq.get("random_frechet"), 1),
-            ]
-        )
-    return rows
+def _remove_stale_figures(run_dir: RunDir, folder: str, figures: dict[str, str]) -> None:
+    """PNGs an earlier compare of this split left (e.g. of a source since removed)."""
+    current = set(figures.values())
+    for path in run_dir.file(folder).glob("*.png"):
+        if str(path.relative_to(run_dir.path)) not in current:
+            path.unlink()
 
 
-def _pair_notes(pairs: list[dict]) -> list[str]:
-    return [
-        f"{p['posthoc']} vs {p['vqvae']} at {p['bits_per_image']:.0f} bits/image: "
-        f"MSE ratio {p['mse_ratio']:.3f} "
-        f"({'post hoc better' if p['mse_ratio'] <= 1 else 'VQ-VAE better'})"
-        for p in pairs
-    ]
-
-
-def render_report(metrics: dict[str, Any]) -> str:
-    """The report as Markdown: readable on its own, figures linked beside it."""
-    split = metrics["split"]
-    lines = [f"# geovq compare — {split} split", ""]
-    lines += ["| " + " | ".join(HEADLINE_COLUMNS) + " |", "|" + "---|" * len(HEADLINE_COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in headline_rows(metrics)]
-    quality = metrics["sample_quality"]
-    lines += ["", FD_NOTE.format(n=quality.get("samples", "-"))]
-    if "classifier_test_accuracy" in quality:
-        lines.append(
-            f"Classifier test accuracy: {quality['classifier_test_accuracy']:.1%}; "
-            f"FD of as many real train images (the floor): {quality['real_train_frechet']:.2f}."
-        )
-        for name, figures in quality["sources"].items():
-            if "class_agreement" in figures:
-                share = figures["class_agreement"]
-                lines.append(f"- {name}: conditional samples classified as asked: {share:.1%}")
-    lines += ["", "## Equal bit rate", ""]
-    pairs = metrics["equal_rate_pairs"]
-    if pairs:
-        lines += [PAIR_HEADER, "|---|---|---|---|---|---|---|"]
-        lines += [
-            f"| {p['posthoc']} | {p['vqvae']} | {p['bits_per_image']:.0f} | "
-            f"{p['posthoc_mse']:.5f} | {p['vqvae_mse']:.5f} | {p['mse_ratio']:.3f} | "
-            f"{p['posthoc_utilisation']:.0%} / {p['vqvae_utilisation']:.0%} |"
-            for p in pairs
-        ]
-    else:
-        lines.append(NO_PAIR_NOTE)
-    lines += ["", "## Figures", ""]
-    for label, path in sorted(metrics.get("figures", {}).items()):
-        lines.append(f"![{label}]({path.removeprefix(REPORT + '/')})")
-    return "\n".join(lines) + "\n"
-
-
-FD_NOTE = (
-    "FD: Fréchet distance between classifier features of {n} samples and of the real test "
-    "images (lower is better); '-' where there is no prior."
-)
-PAIR_HEADER = (
-    "| post hoc | VQ-VAE | bits/image | MSE post hoc | MSE VQ-VAE | ratio | "
-    "utilisation post hoc / VQ-VAE |"
-)
-NO_PAIR_NOTE = (
-    "No post-hoc quantization has a VQ-VAE at the same bits per image in this run; compare "
-    "rows at different rates only with their bits/img column in view."
-)
-
-
-# -- helpers -----------------------------------------------------------------------------------
-def _recorded_vaes(record: StageRun) -> list[VaeFiles]:
-    return [
-        files for files in recorded_vaes(record.manifest) if record.run_dir.exists(files.latents)
-    ]
-
-
-def _run_images(record: StageRun) -> RunImages:
-    """The run's own dataset (from its first trained model) plus extra splits of any latents."""
-    first = first_trained_record(record.manifest)
-    if first is None:
-        raise GeovqError(
-            f"no trained model recorded in {record.run_dir.path}; run `geovq train-vae` first"
-        )
-    dataset = load_dataset(recorded_data(first, str(record.run_dir.manifest_path)))
-    data = RunImages(
-        {name: split.images for name, split in dataset.splits.items()},
-        {name: split.labels for name, split in dataset.splits.items()},
-    )
-    for files in _recorded_vaes(record):
-        _, meta = load_latents(record, files)
-        for name, data_json in meta.extra_splits.items():
-            extra = load_dataset(DataSettings(**data_json)).whole()
-            data.images[name], data.labels[name] = extra.images, extra.labels
-    return data
-
-
-def _f(value, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _json_default(value):
+    if torch.is_tensor(value):
+        return value.tolist()
+    return str(value)

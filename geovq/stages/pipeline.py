@@ -21,6 +21,7 @@ from typing import Any, get_args
 from geovq import GeovqError
 from geovq.artifacts import VaeFiles
 from geovq.data import image_size
+from geovq.evaluation.rates import pair_notes
 from geovq.models.blocks import trunk_grid
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
@@ -173,7 +174,8 @@ def plan(settings: Settings) -> list[Step]:
             s = _with(base, sample={"source": source, "mode": "prior", "out": None})
             key = f"sample/{slug(source)}/prior"
             add(key, "sample", sample, s, ("sample",), [train_prior.stage_key(source), producer])
-    add("compare", "compare", compare, base, ("compare",), [step.key for step in steps])
+    compare_key = compare.stage_key(settings.compare.split)
+    add(compare_key, "compare", compare, base, ("compare",), [step.key for step in steps])
     return steps
 
 
@@ -228,12 +230,13 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         seconds = round(time.perf_counter() - started, 1)
         report.append({"stage": step.key, "status": "ran", "seconds": seconds})
         progress.log(f"[{index}/{len(steps)}] {step.key}: {seconds:.1f} s")
-    compare_record = run_dir.stage("compare") or {}
+    split = settings.compare.split
+    compare_record = run_dir.stage(compare.stage_key(split)) or {}
     metrics = {
         "stages": report,
         "total_seconds": round(sum(item["seconds"] for item in report), 1),
         "equal_rate_pairs": compare_record.get("metrics", {}).get("equal_rate_pairs", []),
-        "report": str(run_dir.file("report/report.md")),
+        "report": str(run_dir.file(f"{compare.report_dir(split)}/report.md")),
     }
     if ran:  # a run that found everything current changes nothing, the manifest included
         _record_study(run_dir, settings, report, study_started)
@@ -244,7 +247,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         title=f"geovq run ({metrics['total_seconds']:.0f} s)",
         columns=["stage", "status", "seconds"],
         rows=rows,
-        notes=[f"report: {metrics['report']}"] + compare._pair_notes(metrics["equal_rate_pairs"]),
+        notes=[f"report: {metrics['report']}"] + pair_notes(metrics["equal_rate_pairs"]),
     )
 
 
@@ -256,6 +259,25 @@ def _record_study(
     study = {"study": json.loads(settings.study.model_dump_json())}
     record = StageRun(run_dir, "run", study, settings.device, settings.seed, started_at=started_at)
     record.finish({"stages": report})
+
+
+def quantize_then_refit(settings: Settings, progress: NullProgress | None = None) -> StageResult:
+    """``geovq quantize``, and with ``--refit-decoder`` the refit-decoder stage on its codes."""
+    result = quantize.run(settings, progress)
+    if not settings.quantize.refit_decoder:
+        return result
+    source = f"quant/{result.metrics['name']}"
+    refit = refit_decoder.run(_with(settings, refit={"source": source}), progress)
+    result.metrics["refit"] = {
+        "mse_before": refit.metrics["mse_before"],
+        "mse_after": refit.metrics["mse_after"],
+    }
+    result.outputs.update(refit.outputs)
+    result.notes += [
+        f"refit decoder, {split}: mse/pixel {before} -> {after}"
+        for split, before, after, _ in refit.rows
+    ]
+    return result
 
 
 def _skippable(run_dir: RunDir, step: Step, ran: set[str], redo: list[str]) -> bool:

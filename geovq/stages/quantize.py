@@ -24,17 +24,11 @@ from geovq.artifacts import (
     load_vae,
     split_images,
 )
-from geovq.metrics import decoded_mse, summarize_codes
+from geovq.evaluation.reconstruction import decoded_mse, quantization_metrics
 from geovq.progress import NullProgress
-from geovq.quant.codebook import (
-    QuantizerFit,
-    assign_codes,
-    chunk_latents,
-    codeword_latents,
-    fit_codebook,
-)
-from geovq.quant.distances import w2_sq
-from geovq.rundir import RunDir
+from geovq.quant.codebook import assign_codes, chunk_latents
+from geovq.quant.settings_fit import codebook_size, fit_from_settings, scalar_levels
+from geovq.rundir import RunDir, split_digest
 from geovq.settings import QuantizeSettings, Settings, parse_grid
 from geovq.stages.record import StageResult, StageRun, check_finite, stage
 from geovq.training import resolve_device
@@ -51,32 +45,6 @@ def default_name(q: QuantizeSettings, vae_name: str | None = None) -> str:
     metric = "geodesic-bary" if q.metric == "geodesic" and q.codeword == "barycenter" else q.metric
     k = math.prod(q.levels) if q.metric == "scalar" and q.levels else q.k
     return f"{metric}-k{k}{suffix}"
-
-
-def scalar_levels(q: QuantizeSettings, chunk_dim: int) -> tuple[int, ...]:
-    """The scalar quantizer's levels per chunk dimension: --levels, else --k split evenly.
-
-    K = L^C gives L levels each; a power of two K = 2^b gives each dimension b // C bits and
-    the first b % C dimensions one more, so the scalar code spends the same bits as a K-word
-    codebook.
-    """
-    if q.levels is not None:
-        return q.levels
-    even = round(q.k ** (1 / chunk_dim))
-    if even**chunk_dim == q.k:
-        return (even,) * chunk_dim
-    bits = round(math.log2(q.k))
-    if 2**bits != q.k:
-        raise GeovqError(
-            f"--k {q.k} is neither a power of two nor a {chunk_dim}-th power, so it cannot be "
-            f"split over {chunk_dim} dimensions; pass --levels with {chunk_dim} counts"
-        )
-    return tuple(2 ** (bits // chunk_dim + (dim < bits % chunk_dim)) for dim in range(chunk_dim))
-
-
-def codebook_size(q: QuantizeSettings, chunk_dim: int) -> int:
-    """K: --k, or ∏ levels for scalar quantization."""
-    return math.prod(scalar_levels(q, chunk_dim)) if q.metric == "scalar" else q.k
 
 
 def stage_key(name: str) -> str:
@@ -125,6 +93,11 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     record = StageRun(run_dir, quant.key, None, device, settings.seed, settings.force)
     latents, latents_meta = load_latents(record, files)
     splits = latent_splits(latents)
+    # Recorded per split, not as the whole file: a split added later (extract --as) leaves
+    # the codebook current and gets its codes on the fly where it is used.
+    record.inputs.pop(files.latents, None)
+    for split in splits:
+        record.inputs[f"{files.latents}#{split}"] = split_digest(latents, split)
     latent_dim = latents[f"{splits[0]}.mu"].shape[1]
     chunks, grid = chunk_grid(q, latent_dim, latents_meta.grid)
     chunk_dim = latent_dim // chunks
@@ -151,7 +124,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
 
     progress.start(f"quantize {name}: fit on {q.fit_split}")
     started = time.perf_counter()
-    fit = _fit(q, k, mu[q.fit_split], sigma[q.fit_split], settings.seed, device)
+    fit = fit_from_settings(q, mu[q.fit_split], sigma[q.fit_split], settings.seed, device=device)
     fit_seconds = time.perf_counter() - started
     progress.finish()
 
@@ -165,7 +138,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         )
         codes[split] = split_codes
         split_metrics[split] = quantization_metrics(
-            fit, split_codes, mu[split], sigma[split], vae, images[split], device
+            fit.codebook, split_codes, mu[split], sigma[split], vae.decode, images[split], device
         )
         split_metrics[split]["vae_mse_per_pixel"] = decoded_mse(
             vae.decode, latents[f"{split}.mu"], images[split], device
@@ -184,7 +157,10 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         fit_split=q.fit_split,
     ).to_metadata()
     cb = fit.codebook
-    record.write(quant.codebook, {"mu": cb.mu, "sigma": cb.sigma}, metadata)
+    words = {"mu": cb.mu, "sigma": cb.sigma}
+    if cb.medoids is not None:
+        words["medoids"] = cb.medoids
+    record.write(quant.codebook, words, metadata)
     tensors = {}
     for split in splits:
         tensors[f"{split}.codes"] = codes[split].reshape(-1, *grid).to(torch.int64)
@@ -208,9 +184,6 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "splits": split_metrics,
     }
     record.finish(metrics)
-    notes = []
-    if q.refit_decoder:
-        notes = _refit(settings, quant.source, progress, metrics)
     return StageResult(
         quant.key,
         metrics,
@@ -240,80 +213,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
             ]
             for split, m in split_metrics.items()
         ],
-        notes=notes,
     )
-
-
-def _refit(settings: Settings, source: str, progress, metrics: dict) -> list[str]:
-    """``--refit-decoder``: run the refit-decoder stage on the codes just written."""
-    from geovq.stages import refit_decoder
-
-    refit_settings = settings.model_copy(deep=True)
-    refit_settings.refit.source = source
-    result = refit_decoder.run(refit_settings, progress)
-    metrics["refit"] = {
-        "mse_before": result.metrics["mse_before"],
-        "mse_after": result.metrics["mse_after"],
-    }
-    return [
-        f"refit decoder, {split}: mse/pixel {before} -> {after}"
-        for split, before, after, _ in result.rows
-    ]
-
-
-def quantization_metrics(
-    fit: QuantizerFit,
-    codes: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    vae,
-    images_u8: torch.Tensor,
-    device: torch.device,
-) -> dict[str, float]:
-    """Usage, distortion (mean W2² chunk -> codeword) and decoded MSE per pixel for one split."""
-    cb = fit.codebook
-    per_position = cb.mu.dim() == 3
-    figures = summarize_codes(codes, fit.codebook.mu.shape[-2], per_position=per_position)
-    if per_position:
-        positions = torch.arange(codes.shape[1])
-        word_mu, word_sigma = cb.mu[positions, codes], cb.sigma[positions, codes]
-    else:
-        word_mu, word_sigma = cb.mu[codes], cb.sigma[codes]
-    figures["distortion"] = float(
-        w2_sq(mu.double(), sigma.double(), word_mu.double(), word_sigma.double()).mean()
-    )
-    latents = codeword_latents(cb, codes)
-    figures["mse_per_pixel"] = decoded_mse(vae.decode, latents, images_u8, device)
-    return figures
-
-
-def _fit(
-    q: QuantizeSettings,
-    k: int,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    seed: int,
-    device: torch.device,
-) -> QuantizerFit:
-    try:
-        return fit_codebook(
-            mu,
-            sigma,
-            k,
-            q.metric,
-            per_position=q.codebook == "per-position",
-            seed=seed,
-            restarts=q.restarts,
-            iters=q.iters,
-            tol=q.tol,
-            knn=q.knn,
-            edge_weight=q.edge_weight,
-            device=device,
-            codeword=q.codeword,
-            levels=scalar_levels(q, mu.shape[-1]) if q.metric == "scalar" else None,
-        )
-    except ValueError as error:
-        raise GeovqError(str(error)) from None
 
 
 def _check_sizes(q: QuantizeSettings, k: int, fit_mu: torch.Tensor) -> None:

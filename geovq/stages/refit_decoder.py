@@ -181,7 +181,7 @@ def _refuse_changed_latents(reader: Reader, quant: Quantization, files: VaeFiles
     stale = [
         path
         for path in reader.run_dir.stale_inputs(quant.key, reader.manifest)
-        if path in (files.latents, files.vae)
+        if path.partition("#")[0] in (files.latents, files.vae)
     ]
     if stale and not reader.force:
         raise GeovqError(

@@ -22,8 +22,7 @@ from geovq.progress import NullProgress
 from geovq.rundir import RunDir, atomic_write_bytes, os_error_message
 from geovq.settings import Settings
 from geovq.stages.record import StageResult, StageRun, stage
-from geovq.stages.sources import Source, load_source
-from geovq.stages.train_prior import require_source
+from geovq.stages.sources import Source, load_source, require_source
 from geovq.training import resolve_device
 
 GRID_COLUMNS = 8
@@ -91,34 +90,37 @@ def generate(
 
 @stage
 def run(settings: Settings, progress: NullProgress | None = None) -> StageResult:
+    """Samples into the run (``samples/<source>/``, recorded), or with ``--out FILE`` into that
+    file alone: the run's recorded samples and manifest stay as they were."""
     run_dir = RunDir(settings.run_dir)
     device = resolve_device(settings.device)
     options = settings.sample
     if options.mode != "vae":
         require_source(run_dir, options.source)
     files = samples_files(settings)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    if options.out is not None:
+        reader = Reader(run_dir, settings.force)
+        images, _, info = generate(settings, reader, device, generator)
+        _write_png(_png_bytes(images), Path(options.out))
+        metrics = _metrics(settings, Path(options.out), info)
+        rows = [[k, str(v)] for k, v in metrics.items()]
+        return StageResult(files.key, metrics, {}, title="sample", rows=rows)
     record = StageRun(run_dir, files.key, None, device, settings.seed, settings.force)
     record.settle({"sample": json.loads(options.model_dump_json()), "seed": settings.seed})
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
     images, codes, info = generate(settings, record, device, generator)
-    png = _png_bytes(images)
     tensors = {"images": images} | ({"codes": codes} if codes is not None else {})
     record.write(files.tensors, tensors, {"mode": options.mode, **info})
-    if options.out is None:
-        record.write_bytes(files.png, png)
-    out = Path(options.out) if options.out else run_dir.file(files.png)
-    metrics = {
-        "mode": options.mode,
-        "n": options.n,
-        "png": str(out),
-        "source": options.source,
-        **info,
-    }
-    if options.out is not None:
-        _write_png(png, out)
+    record.write_bytes(files.png, _png_bytes(images))
+    metrics = _metrics(settings, run_dir.file(files.png), info)
     record.finish(metrics)
     rows = [[k, str(v)] for k, v in metrics.items()]
     return StageResult(files.key, metrics, record.outputs, title="sample", rows=rows)
+
+
+def _metrics(settings: Settings, png: Path, info: dict) -> dict:
+    options = settings.sample
+    return {"mode": options.mode, "n": options.n, "png": str(png), "source": options.source, **info}
 
 
 def _check_memory(n: int, image_shape: tuple, prior_floats: float, device) -> None:

@@ -7,27 +7,43 @@ the same ``Source``, so the prior, ``sample`` and ``compare`` treat them alike.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from geovq import GeovqError
 from geovq.artifacts import (
     CodesMeta,
+    PriorFiles,
     Quantization,
     Reader,
     VaeFiles,
+    first_trained_record,
     list_quantizations,
     load_codebook,
     load_codes,
+    load_latents,
+    load_prior,
     load_refit_decoder,
     load_vae,
     load_vqvae,
+    recorded_data,
+    recorded_vaes,
+)
+from geovq.quant.codebook import (
+    Codebook,
+    QuantizerFit,
+    assign_codes,
+    chunk_latents,
+    codeword_latents,
+    restore_fit,
 )
 from geovq.rundir import RunDir
+from geovq.settings import DataSettings, QuantizeSettings
 
 DECODE_BATCH = 1000
 
@@ -48,7 +64,11 @@ class Source:
     # VQ-VAEs can encode new images (e.g. an ``extract --as`` split); post-hoc codes come from
     # ``quantize``, which assigns every split of the latents.
     _encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Post-hoc codes for a split the codes file lacks: its latents assigned with the
+    # quantization's own rule (split -> codes, or None without latents of that split).
+    _assign: Callable[[str], torch.Tensor | None] | None = None
     variant: str = ""  # e.g. "vae decoder": the same codes shown another way
+    on_the_fly: set[str] = field(default_factory=set)  # splits add_split made codes for
 
     @property
     def label(self) -> str:
@@ -66,6 +86,20 @@ class Source:
     @property
     def bits_per_image(self) -> float:
         return self.positions * math.log2(self.k)
+
+    def add_split(self, split: str, images_u8: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Codes for a split the codes file lacks (e.g. added by ``extract --as``), made on the
+        fly and written nowhere; False where this source cannot make them."""
+        if split in self.codes:
+            return True
+        codes = self._assign(split) if self._assign is not None else None
+        if codes is None and self._encode is not None:
+            codes = self.encode(images_u8)
+        if codes is None:
+            return False
+        self.codes[split], self.labels[split] = codes, labels
+        self.on_the_fly.add(split)
+        return True
 
     @torch.no_grad()
     def encode(self, images_u8: torch.Tensor) -> torch.Tensor | None:
@@ -98,73 +132,211 @@ def list_sources(run_dir: RunDir) -> list[str]:
     return [quant.source for quant in list_quantizations(run_dir)]
 
 
+class RunModels:
+    """The run's VAEs, latents, sources and priors, each read (verified) and loaded once:
+    ``compare`` reads them all, the other stages one source through ``load_source``."""
+
+    def __init__(self, reader: Reader, device: torch.device) -> None:
+        self.reader = reader
+        self.run_dir = reader.run_dir
+        self.device = device
+        self._vaes: dict[VaeFiles, tuple] = {}
+        self._latents: dict[VaeFiles, tuple] = {}
+        self._priors: dict[str, object] = {}
+
+    def vae(self, files: VaeFiles):
+        if files not in self._vaes:
+            self._vaes[files] = load_vae(self.reader, self.device, files)
+        return self._vaes[files]
+
+    def latents(self, files: VaeFiles):
+        if files not in self._latents:
+            self._latents[files] = load_latents(self.reader, files)
+        return self._latents[files]
+
+    def prior(self, source: Source):
+        """The source's prior, or None where it has none (or one for other codes)."""
+        if source.name not in self._priors:
+            files = PriorFiles(Quantization.parse(source.name))
+            prior = None
+            if self.run_dir.exists(files.path):
+                try:
+                    prior = load_prior(self.reader, files, source.codes_sha256, self.device)
+                except GeovqError:
+                    prior = None
+            self._priors[source.name] = prior
+        return self._priors[source.name]
+
+    def source(self, name: str, use_refit: bool = True) -> Source:
+        """A quantization by name, every file verified; a clear error naming the available
+        ones if it is missing. A post-hoc source decodes through its refit decoder when it has
+        one, unless ``use_refit`` is False (to show both)."""
+        reader = self.reader
+        quant = Quantization.parse(name)
+        if not reader.run_dir.exists(quant.codes):
+            available = (
+                ", ".join(list_sources(reader.run_dir)) or "none (run `geovq quantize` first)"
+            )
+            raise GeovqError(
+                f"source {quant.source} has no codes in {reader.run_dir.path}; "
+                f"available: {available}"
+            )
+        tensors, meta = load_codes(reader, quant)
+        codes = {
+            key.removesuffix(".codes"): t for key, t in tensors.items() if key.endswith(".codes")
+        }
+        labels = {
+            key.removesuffix(".labels"): t for key, t in tensors.items() if key.endswith(".labels")
+        }
+        encode = assign = None
+        if quant.posthoc:
+            decode, decoder, assign = self._posthoc(quant, meta, use_refit)
+        else:
+            decode, decoder, encode = _vqvae_model(reader, quant, self.device)
+        return Source(
+            name=quant.source,
+            kind="posthoc" if quant.posthoc else "vqvae",
+            k=meta.k,
+            grid=meta.grid,
+            per_position=meta.per_position,
+            codes=codes,
+            labels=labels,
+            codes_sha256=reader.inputs[quant.codes],
+            decoder=decoder,
+            metadata=meta,
+            _decode_logits=decode,
+            _encode=encode,
+            _assign=assign,
+        )
+
+    def _posthoc(self, quant: Quantization, meta: CodesMeta, use_refit: bool):
+        """Decoder (the VAE's, or its refit) and code assignment of a post-hoc source."""
+        device = self.device
+        files = VaeFiles(meta.vae)
+        vae, _ = self.vae(files)
+        tensors, _ = load_codebook(self.reader, quant)
+        codebook = Codebook(
+            tensors["mu"], tensors["sigma"], meta.metric or "", tensors.get("medoids")
+        )
+        on_device = Codebook(codebook.mu.to(device), codebook.sigma.to(device), codebook.metric)
+        decoder = files.vae
+        if use_refit and self.run_dir.exists(quant.decoder):
+            weights = load_refit_decoder(self.reader, quant)
+            vae = copy.deepcopy(vae)  # the plain VAE stays as loaded for the other sources
+            vae.load_state_dict(
+                {**vae.state_dict(), **{k: v.to(device) for k, v in weights.items()}}
+            )
+            decoder = quant.decoder
+
+        def decode(codes: torch.Tensor) -> torch.Tensor:
+            latents = codeword_latents(on_device, codes.reshape(codes.shape[0], -1).to(device))
+            return vae.decode(latents)
+
+        restored: list[QuantizerFit] = []
+
+        def assign(split: str) -> torch.Tensor | None:
+            latents, _ = self.latents(files)
+            if f"{split}.mu" not in latents:
+                return None
+            options = _quantize_options(self.reader, quant)
+            if not restored:
+                fit_mu, fit_sigma = chunk_gaussians(latents, meta.fit_split or "train", meta.chunks)
+                try:
+                    fit = restore_fit(
+                        codebook,
+                        fit_mu,
+                        fit_sigma,
+                        knn=options.knn,
+                        edge_weight=options.edge_weight,
+                    )
+                except ValueError as error:
+                    raise GeovqError(
+                        f"{quant.source}: {error}; rerun `geovq quantize` for it with --force"
+                    ) from None
+                restored.append(fit)
+            mu, sigma = chunk_gaussians(latents, split, meta.chunks)
+            codes = assign_codes(restored[0], mu, sigma, assign=options.assign)
+            return codes.reshape(-1, *meta.grid)
+
+        return decode, decoder, assign
+
+
 def load_source(
     reader: Reader | RunDir, name: str, device: torch.device, use_refit: bool = True
 ) -> Source:
-    """Load a quantization by name, every file verified; a clear error naming the available
-    ones if it is missing.
-
-    A post-hoc source decodes through its refit decoder when it has one, unless ``use_refit``
-    is False (to show both).
-    """
+    """One quantization by name (see ``RunModels.source``)."""
     reader = reader if isinstance(reader, Reader) else Reader(reader)
-    quant = Quantization.parse(name)
-    if not reader.run_dir.exists(quant.codes):
-        available = ", ".join(list_sources(reader.run_dir)) or "none (run `geovq quantize` first)"
+    return RunModels(reader, device).source(name, use_refit)
+
+
+def require_source(run_dir: RunDir, name: str | None) -> str:
+    if name:
+        return name
+    available = ", ".join(list_sources(run_dir)) or "none (run `geovq quantize` first)"
+    raise GeovqError(f"--source is required (quant/<name> or vqvae/<name>); available: {available}")
+
+
+@dataclass
+class RunImages:
+    """uint8 images (N, C, H, W) and labels (N,) per split: the run's own and ``--as`` extras."""
+
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: set[str] = field(default_factory=set)  # splits added by ``extract --as``
+
+
+def run_images(models: RunModels) -> RunImages:
+    """The run's own dataset (fixed by its first trained model) plus every VAE's extra splits."""
+    from geovq.data import load_dataset
+
+    run_dir = models.run_dir
+    first = first_trained_record(models.reader.manifest)
+    if first is None:
         raise GeovqError(
-            f"source {quant.source} has no codes in {reader.run_dir.path}; available: {available}"
+            f"no trained model recorded in {run_dir.path}; run `geovq train-vae` first"
         )
-    tensors, meta = load_codes(reader, quant)
-    codes = {key.removesuffix(".codes"): t for key, t in tensors.items() if key.endswith(".codes")}
-    labels = {
-        key.removesuffix(".labels"): t for key, t in tensors.items() if key.endswith(".labels")
-    }
-    encode = None
-    if quant.posthoc:
-        decode, decoder = _posthoc_decoder(reader, quant, meta, device, use_refit)
-    else:
-        decode, decoder, encode = _vqvae_model(reader, quant, device)
-    return Source(
-        name=quant.source,
-        kind="posthoc" if quant.posthoc else "vqvae",
-        k=meta.k,
-        grid=meta.grid,
-        per_position=meta.per_position,
-        codes=codes,
-        labels=labels,
-        codes_sha256=reader.inputs[quant.codes],
-        decoder=decoder,
-        metadata=meta,
-        _decode_logits=decode,
-        _encode=encode,
+    dataset = load_dataset(recorded_data(first, str(run_dir.manifest_path)))
+    data = RunImages(
+        {name: split.images for name, split in dataset.splits.items()},
+        {name: split.labels for name, split in dataset.splits.items()},
     )
+    for files in latents_vaes(models):
+        _, meta = models.latents(files)
+        for name, data_json in meta.extra_splits.items():
+            extra = load_dataset(DataSettings(**data_json)).whole()
+            data.images[name], data.labels[name] = extra.images, extra.labels
+            data.extras.add(name)
+    return data
+
+
+def latents_vaes(models: RunModels) -> list[VaeFiles]:
+    """Every VAE recorded in the run that has latents."""
+    return [
+        files
+        for files in recorded_vaes(models.reader.manifest)
+        if models.run_dir.exists(files.latents)
+    ]
+
+
+def chunk_gaussians(
+    latents: dict[str, torch.Tensor], split: str, chunks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's latents ({split}.mu, {split}.logvar (N, D)) as chunk Gaussians mu, sigma
+    (N, L, C), L = chunks."""
+    mu = chunk_latents(latents[f"{split}.mu"], chunks)
+    sigma = chunk_latents(torch.exp(0.5 * latents[f"{split}.logvar"]), chunks)
+    return mu, sigma
+
+
+def _quantize_options(reader: Reader, quant: Quantization) -> QuantizeSettings:
+    """The settings quantize fitted this source with (its assignment rule, graph size)."""
+    record = reader.record_of(quant.key) or {}
+    return QuantizeSettings.model_validate(record.get("settings", {}).get("quantize", {}))
 
 
 def has_refit_decoder(run_dir: RunDir, name: str) -> bool:
     quant = Quantization.parse(name)
     return run_dir.exists(quant.decoder)
-
-
-def _posthoc_decoder(
-    reader: Reader, quant: Quantization, meta: CodesMeta, device: torch.device, use_refit: bool
-):
-    from geovq.quant.codebook import Codebook, codeword_latents
-
-    files = VaeFiles(meta.vae)
-    vae, _ = load_vae(reader, device, files)
-    tensors, _ = load_codebook(reader, quant)
-    codebook = Codebook(tensors["mu"].to(device), tensors["sigma"].to(device), meta.metric or "")
-    decoder = files.vae
-    if use_refit and reader.run_dir.exists(quant.decoder):
-        weights = load_refit_decoder(reader, quant)
-        vae.load_state_dict({**vae.state_dict(), **{k: v.to(device) for k, v in weights.items()}})
-        decoder = quant.decoder
-
-    def decode(codes: torch.Tensor) -> torch.Tensor:
-        latents = codeword_latents(codebook, codes.reshape(codes.shape[0], -1).to(device))
-        return vae.decode(latents)
-
-    return decode, decoder
 
 
 def _vqvae_model(reader: Reader, quant: Quantization, device: torch.device):

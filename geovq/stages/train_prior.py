@@ -15,31 +15,19 @@ import torch.nn.functional as F
 
 from geovq import GeovqError, memory
 from geovq.artifacts import PriorFiles, PriorMeta, Quantization
-from geovq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig, code_nll_bits, unigram_bits
+from geovq.evaluation.prior_nll import code_baselines, split_bits_per_code
+from geovq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.settings import Settings
 from geovq.stages.record import StageResult, StageRun, fmt, stage
-from geovq.stages.sources import Source, list_sources, load_source
+from geovq.stages.sources import Source, load_source, require_source
 from geovq.training import TrainConfig, resolve_device, train
 from geovq.training_log import TrainingLog
-
-EVAL_BATCH = 1000
-
-
-def prior_path(source_name: str) -> str:
-    return PriorFiles(Quantization.parse(source_name)).path
 
 
 def stage_key(source_name: str) -> str:
     return PriorFiles(Quantization.parse(source_name)).key
-
-
-def require_source(run_dir: RunDir, name: str | None) -> str:
-    if name:
-        return name
-    available = ", ".join(list_sources(run_dir)) or "none (run `geovq quantize` first)"
-    raise GeovqError(f"--source is required (quant/<name> or vqvae/<name>); available: {available}")
 
 
 @stage
@@ -109,7 +97,9 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         log=TrainingLog(run_dir.path, stage_key(name), settings.log == "tensorboard"),
     )
     bits = split_bits_per_code(model, test_codes, test_labels)
-    baselines = code_baselines(source)
+    baselines = code_baselines(
+        source.codes["train"], source.codes["test"], source.k, source.per_position
+    )
     meta = PriorMeta(json.loads(config.to_json()), source.name, source.codes_sha256)
     record.write(files.path, model.state_dict(), meta.to_metadata())
     metrics = {
@@ -139,33 +129,6 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         columns=["model", "bits per code", "bits per image"],
         rows=rows,
     )
-
-
-@torch.no_grad()
-def split_bits_per_code(
-    model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None
-) -> float:
-    """Total NLL over the split divided by its number of codes (from totals, not batch means)."""
-    total = 0.0
-    for start in range(0, codes.shape[0], EVAL_BATCH):
-        batch_labels = labels[start : start + EVAL_BATCH] if labels is not None else None
-        total += float(code_nll_bits(model, codes[start : start + EVAL_BATCH], batch_labels).sum())
-    return total / codes.numel()
-
-
-def code_baselines(source: Source) -> dict[str, float]:
-    """Uniform and unigram bits per code on the test codes (unigram per position if needed)."""
-    train, test = source.codes["train"].cpu(), source.codes["test"].cpu()
-    if source.per_position:
-        train_flat, test_flat = train.flatten(1), test.flatten(1)
-        per_position = [
-            unigram_bits(train_flat[:, p], test_flat[:, p], source.k)
-            for p in range(source.positions)
-        ]
-        unigram = sum(per_position) / len(per_position)
-    else:
-        unigram = unigram_bits(train, test, source.k)
-    return {"uniform_bits_per_code": math.log2(source.k), "unigram_bits_per_code": unigram}
 
 
 def _num_classes(source: Source) -> int:

@@ -185,3 +185,59 @@ def test_geodesic_barycenter_codewords_are_the_cell_means():
         assert torch.allclose(bary.codebook.sigma[cell], flat_sigma[members].mean(0), atol=1e-6)
     with pytest.raises(ValueError, match="codeword"):
         fit_codebook(mu, sigma, 6, "geodesic", codeword="centroid")
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+@pytest.mark.parametrize(
+    "metric, codeword, keep_medoids",
+    [
+        ("w2", "medoid", True),
+        ("scalar", "medoid", True),
+        ("geodesic", "medoid", True),
+        ("geodesic", "medoid", False),  # a codebook saved before medoids were kept
+        ("geodesic", "barycenter", True),
+    ],
+)
+def test_restored_fit_assigns_new_points_as_the_original(
+    metric, codeword, keep_medoids, per_position
+):
+    """A fit rebuilt from the saved codebook and the fit chunks gives new points the codes the
+    original fit gives them (for geodesic: through the same kNN graph, barycentric codewords
+    too)."""
+    from geovq.quant.codebook import Codebook, restore_fit
+
+    generator = torch.Generator().manual_seed(4)
+    mu, sigma = torch.randn(60, 2, 3, generator=generator), torch.rand(60, 2, 3) + 0.1
+    new_mu, new_sigma = torch.randn(25, 2, 3, generator=generator), torch.rand(25, 2, 3) + 0.1
+    fit = fit_codebook(
+        mu,
+        sigma,
+        6,
+        metric,
+        per_position=per_position,
+        seed=0,
+        knn=5,
+        codeword=codeword,
+        levels=(2, 3, 1) if metric == "scalar" else None,
+    )
+    saved = fit.codebook
+    if not keep_medoids:
+        saved = Codebook(saved.mu, saved.sigma, saved.metric)
+    restored = restore_fit(saved, mu, sigma, knn=5)
+    expected = assign_codes(fit, new_mu, new_sigma)
+    assert torch.equal(assign_codes(restored, new_mu, new_sigma), expected)
+    if metric == "geodesic":  # the graph assignment, not the nearest codeword
+        assert restored.geodesic_fits
+
+
+@pytest.mark.parametrize("codeword", ["medoid", "barycenter"])
+def test_restoring_a_geodesic_fit_needs_its_own_fit_chunks(codeword):
+    from geovq.quant.codebook import restore_fit
+
+    generator = torch.Generator().manual_seed(5)
+    mu, sigma = torch.randn(40, 2, 3, generator=generator), torch.rand(40, 2, 3) + 0.1
+    fit = fit_codebook(mu, sigma, 4, "geodesic", seed=0, knn=5, codeword=codeword)
+    with pytest.raises(ValueError, match="does not belong to these chunks"):
+        restore_fit(fit.codebook, mu + 1.0, sigma, knn=5)
+    with pytest.raises(ValueError, match="does not belong to these chunks"):
+        restore_fit(fit.codebook, mu[:5], sigma[:5], knn=5)  # medoid indices out of range

@@ -1,11 +1,13 @@
 import json
+import shutil
 
-import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
-from geovq.stages.compare import equal_rate_pairs, render_report
+from geovq.data import load_dataset
+from geovq.models.vae import VAE, VAEConfig
+from geovq.rundir import RunDir
+from geovq.settings import DataSettings
 from tests.helpers import cli, snapshot
 
 BASE = ("--device", "cpu", "-q")
@@ -13,13 +15,11 @@ BASE = ("--device", "cpu", "-q")
 
 @pytest.fixture(scope="module")
 def compared(tiny_run_template, tmp_path_factory):
-    import shutil
-
     run = tmp_path_factory.mktemp("compare") / "run"
     shutil.copytree(tiny_run_template, run)
     for args in (
         ("quantize", "--metric", "w2", "--k", "16"),
-        ("quantize", "--metric", "euclidean", "--k", "16"),
+        ("quantize", "--metric", "geodesic", "--k", "16"),
         ("train-vqvae", "--grid", "2x4", "--k", "16", "--epochs", "1", "--init", "random"),
         ("train-prior", "--source", "quant/w2-k16", "--epochs", "1"),
     ):
@@ -34,8 +34,7 @@ def compared(tiny_run_template, tmp_path_factory):
         "--sweep-k",
         "4,8,1048576",
         "--json",
-        "--device",
-        "cpu",
+        *BASE[:2],
     )
     assert result.exit_code == 0, result.stderr
     return run, json.loads(result.stdout)["metrics"]
@@ -43,14 +42,43 @@ def compared(tiny_run_template, tmp_path_factory):
 
 def test_compare_json_has_every_quantization(compared):
     run, metrics = compared
-    assert set(metrics["sources"]) == {"quant/w2-k16", "quant/euclidean-k16", "vqvae/vqvae-2x4-k16"}
-    on_disk = json.loads((run / "report/metrics.json").read_text())
+    assert set(metrics["sources"]) == {"quant/w2-k16", "quant/geodesic-k16", "vqvae/vqvae-2x4-k16"}
+    on_disk = json.loads((run / "report/test/metrics.json").read_text())
     assert set(on_disk["sources"]) == set(metrics["sources"])
     w2 = metrics["sources"]["quant/w2-k16"]
     assert w2["prior"]["splits"]["test"]["bits_per_code"] > 0
     assert w2["prior"]["uniform_bits_per_code"] == pytest.approx(4.0)
     assert metrics["sources"]["vqvae/vqvae-2x4-k16"]["prior"] is None
     assert "vae.safetensors" in metrics["vae_reference"]
+    assert metrics["smoke_run"]  # 64 images, one epoch
+    assert (run / "report/test/report.md").read_text().splitlines()[2].startswith("> **SMOKE RUN")
+
+
+def _decoded_by_hand(run, name: str) -> torch.Tensor:
+    """Test reconstructions of a post-hoc source without geovq's source or evaluation code."""
+    from safetensors.torch import load_file
+
+    vae_tensors = load_file(run / "vae.safetensors")
+    with open(run / "vae.safetensors", "rb") as stream:
+        header = json.loads(stream.read(int.from_bytes(stream.read(8), "little")))
+    config = json.loads(header["__metadata__"]["geovq"])["config"]
+    config = VAEConfig.from_json(config if isinstance(config, str) else json.dumps(config))
+    vae = VAE(config).eval()
+    vae.load_state_dict(vae_tensors)
+    codebook = load_file(run / f"{name}/codebook.safetensors")["mu"]
+    codes = load_file(run / f"{name}/codes.safetensors")["test.codes"].flatten(1)
+    with torch.no_grad():
+        return torch.sigmoid(vae.decode(codebook[codes].reshape(codes.shape[0], -1)))
+
+
+def test_reconstruction_mse_matches_decoding_by_hand(compared):
+    run, metrics = compared
+    images = load_dataset(DataSettings(limit=64)).splits["test"].images.double() / 255
+    recons = _decoded_by_hand(run, "quant/w2-k16").double()
+    by_hand = float(((recons - images) ** 2).mean())
+    assert metrics["sources"]["quant/w2-k16"]["splits"]["test"]["mse_per_pixel"] == pytest.approx(
+        by_hand, rel=1e-5
+    )
 
 
 def test_equal_rate_pairs_by_bits(compared):
@@ -58,77 +86,83 @@ def test_equal_rate_pairs_by_bits(compared):
     pairs = {(p["posthoc"], p["vqvae"]) for p in metrics["equal_rate_pairs"]}
     assert pairs == {
         ("quant/w2-k16", "vqvae/vqvae-2x4-k16"),
-        ("quant/euclidean-k16", "vqvae/vqvae-2x4-k16"),
+        ("quant/geodesic-k16", "vqvae/vqvae-2x4-k16"),
     }
-    entries = {
-        "quant/a": {
-            "kind": "posthoc",
-            "bits_per_image": 64.0,
-            "splits": {"test": {"mse_per_pixel": 0.02, "utilisation": 1.0}},
-        },
-        "quant/b": {
-            "kind": "posthoc",
-            "bits_per_image": 392.0,
-            "splits": {"test": {"mse_per_pixel": 0.01, "utilisation": 1.0}},
-        },
-        "vqvae/c": {
-            "kind": "vqvae",
-            "bits_per_image": 64.0,
-            "splits": {"test": {"mse_per_pixel": 0.04, "utilisation": 0.5}},
-        },
-    }
-    [pair] = equal_rate_pairs(entries, "test")
-    assert (pair["posthoc"], pair["vqvae"], pair["mse_ratio"]) == ("quant/a", "vqvae/c", 0.5)
 
 
 def test_rate_distortion_sweep_points(compared):
     run, metrics = compared
     sweep = [p for p in metrics["rate_distortion"] if p.get("sweep")]
-    assert {p["bits_per_image"] for p in sweep} == {16.0, 24.0}
+    assert {(p["family"].split()[1], p["bits_per_image"]) for p in sweep} == {
+        (metric, bits) for metric in ("w2", "geodesic") for bits in (16.0, 24.0)
+    }
     # 2**20 codewords is more than the tiny fit split's chunks: skipped, and said for each family
     skipped = metrics["sweep_skipped"]
     assert len(skipped) == 2 and all("K=1048576" in line and "points" in line for line in skipped)
-    assert (run / "report/rate_distortion.png").is_file()
+    assert (run / "report/test/rate_distortion.png").is_file()
 
 
-def test_report_and_figures(compared):
+def test_figures_are_listed_and_written(compared):
     run, metrics = compared
-    text = (run / "report/report.md").read_text()
-    assert "quant/w2-k16" in text and "Equal bit rate" in text
-    assert text == render_report(json.loads((run / "report/metrics.json").read_text()))
-    for path in metrics["figures"].values():
-        assert (run / path).is_file()
+    text = (run / "report/test/report.md").read_text()
+    for label, path in metrics["figures"].items():
+        assert (run / path).is_file() and path.startswith("report/test/")
+        assert f"![{label}]({path.rsplit('/', 1)[-1]})" in text
+    assert {p.name for p in (run / "report/test").glob("*.png")} == {
+        path.rsplit("/", 1)[-1] for path in metrics["figures"].values()
+    }
 
 
-def test_psnr_and_ssim_match_torchmetrics(compared):
-    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-
-    from geovq.stages.compare import reconstruction_figures
-
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (6, 1, 28, 28), generator=generator, dtype=torch.uint8)
-    recons = (images.float() / 255 + 0.05 * torch.randn(6, 1, 28, 28, generator=generator)).clamp(
-        0, 1
+def test_compare_of_two_splits_keeps_both_reports(compared, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(compared[0], run)
+    (run / "report/test/samples-quant-gone.png").write_bytes(b"stale")
+    for split in ("train", "test"):
+        args = ("--split", split, "--samples", "16", "--force", *BASE)  # test: other settings
+        result = cli("compare", "--run-dir", run, *args)
+        assert result.exit_code == 0, result.stderr
+    for split in ("train", "test"):
+        report = json.loads((run / f"report/{split}/metrics.json").read_text())
+        assert report["split"] == split
+        assert (run / f"report/{split}/reconstructions.png").is_file()
+    assert not (run / "report/test/samples-quant-gone.png").exists()
+    # sample quality does not depend on the split: the second compare reused the first's
+    train, test = (
+        json.loads((run / f"report/{s}/metrics.json").read_text()) for s in ("train", "test")
     )
-    figures = reconstruction_figures(recons, images)
-    assert figures["psnr"] == pytest.approx(
-        float(PeakSignalNoiseRatio(data_range=1.0)(recons, images / 255)), rel=1e-5
-    )
-    assert figures["ssim"] == pytest.approx(
-        float(StructuralSimilarityIndexMeasure(data_range=1.0)(recons, images / 255)), rel=1e-5
-    )
+    assert train["sample_quality"] == test["sample_quality"]
+    stages = RunDir(run).manifest()["stages"]
+    assert "compare/train" in stages and "compare/test" in stages
 
 
-def test_frechet_matches_scipy_on_small_gaussians():
-    from geovq.metrics import frechet_distance
+@pytest.mark.parametrize("name", ["w2-k16", "geodesic-k16"])
+def test_new_split_gets_the_codes_quantize_would_give_it(compared, tmp_path, name):
+    """A split added after quantize: compare covers it without touching the quantization, and
+    its on-the-fly codes are those a fresh quantize (fit and assignment in one go) writes."""
+    from geovq.stages.sources import load_source
 
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(0, 1, (400, 3)), rng.normal(0.5, 2, (300, 3))
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    direct = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(
-        ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real
-    )
-    assert frechet_distance(a, b) == pytest.approx(direct, rel=1e-8)
+    run = tmp_path / "run"
+    shutil.copytree(compared[0], run)
+    codes_sha = RunDir(run).sha256(f"quant/{name}/codes.safetensors")
+    result = cli("extract", "--run-dir", run, "--as", "extra", "--limit", "16", "--force", *BASE)
+    assert result.exit_code == 0, result.stderr
+    result = cli("compare", "--run-dir", run, "--split", "extra", "--samples", "16", "--json")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    assert set(metrics["sources"]) == set(compared[1]["sources"])
+    assert all(entry["codes_on_the_fly"] for entry in metrics["sources"].values())
+    assert "skipped" in metrics["sample_quality"]  # not the split's business; not resampled
+    assert RunDir(run).sha256(f"quant/{name}/codes.safetensors") == codes_sha
+    assert RunDir(run).outputs_current(f"quantize/{name}")
+
+    on_the_fly = load_source(RunDir(run), f"quant/{name}", torch.device("cpu"))
+    assert on_the_fly.add_split("extra", torch.empty(0), torch.empty(0))
+    metric = name.split("-")[0]
+    result = cli("quantize", "--run-dir", run, "--metric", metric, "--k", "16", "--force", *BASE)
+    assert result.exit_code == 0, result.stderr
+    stored = load_source(RunDir(run), f"quant/{name}", torch.device("cpu"))
+    assert "extra" in stored.codes and "extra" not in stored.on_the_fly
+    assert torch.equal(on_the_fly.codes["extra"], stored.codes["extra"])
 
 
 def test_compare_without_quantization(tiny_run):
@@ -138,16 +172,17 @@ def test_compare_without_quantization(tiny_run):
     assert snapshot(tiny_run) == before
 
 
+def test_compare_unknown_split(compared):
+    result = cli("compare", "--run-dir", compared[0], "--split", "nope")
+    assert result.exit_code != 0 and "--split nope" in result.stderr
+
+
 def test_compare_bad_sweep(tiny_run):
     result = cli("compare", "--run-dir", tiny_run, "--sweep-k", "16,x")
     assert result.exit_code != 0 and "--sweep-k" in result.stderr
 
 
 def test_compare_refuses_a_changed_vae(compared, tmp_path):
-    import shutil
-
-    from geovq.rundir import RunDir
-
     run = tmp_path / "run"
     shutil.copytree(compared[0], run)
     weights, meta = RunDir(run).load_tensors("vae.safetensors", "vae")

@@ -35,19 +35,20 @@ def test_quick_run_does_the_whole_study(quick_run):
         "quantize/scalar-k32-spatial",
         "train-vqvae/vqvae-7x7-k32",
         "train-vqvae/fsq-2x4-l8-4",
-        "compare",
+        "compare/test",
     ):
         assert key in stages
     manifest = json.loads((run / "manifest.json").read_text())["stages"]
     # equal budget: the end-to-end models train VAE epochs + refit epochs (1 + 1 in quick)
     assert manifest["train-vqvae/fsq-2x4-l8-4"]["settings"]["vqvae"]["epochs"] == 2
     assert manifest["train-vae"]["settings"]["vae"]["target_rate"] == 64.0
-    report = json.loads((run / "report/metrics.json").read_text())
+    report = json.loads((run / "report/test/metrics.json").read_text())
     pairs = {(p["posthoc"], p["vqvae"]) for p in report["equal_rate_pairs"]}
     assert ("quant/w2-k32", "vqvae/vqvae-2x4-k32") in pairs
     assert ("quant/w2-k32-spatial", "vqvae/vqvae-7x7-k32") in pairs
-    assert (run / "report/report.md").read_text().startswith("# geovq compare")
-    assert (run / "report/rate_distortion.png").is_file()
+    text = (run / "report/test/report.md").read_text()
+    assert text.startswith("# geovq compare") and "SMOKE RUN" in text.split("|")[0]
+    assert (run / "report/test/rate_distortion.png").is_file()
 
 
 def test_second_run_rewrites_nothing(quick_run):
@@ -84,7 +85,48 @@ def test_force_redoes_a_stage_and_what_depends_on_it(quick_run, tmp_path):
         i["stage"] for i in json.loads(result.stdout)["metrics"]["stages"] if i["status"] == "ran"
     }
     assert "train-vqvae/vqvae-2x4-k32" in ran and "train-prior/vqvae-vqvae-2x4-k32" in ran
-    assert "compare" in ran and "train-vae" not in ran and "quantize/w2-k32" not in ran
+    assert "compare/test" in ran and "train-vae" not in ran and "quantize/w2-k32" not in ran
+
+
+def test_held_out_split_without_retraining(quick_run, tmp_path):
+    """extract --as a new split, compare on it: every source is covered (post-hoc codes
+    assigned on the fly), and a later `geovq run` finds every stage still current."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run[0], run)
+    for vae in ((), ("--vae", "spatial")):
+        args = (
+            "extract",
+            "--run-dir",
+            run,
+            *vae,
+            "--as",
+            "heldout",
+            "--limit",
+            "20",
+            "--force",
+            "-q",
+        )
+        result = cli(*args, "--device", "cpu")
+        assert result.exit_code == 0, result.stderr
+    args = ("--split", "heldout", "--samples", "16", "--device", "cpu", "--json")
+    result = cli("compare", "--run-dir", run, *args)
+    assert result.exit_code == 0, result.stderr
+    heldout = json.loads(result.stdout)["metrics"]
+    test = json.loads((run / "report/test/metrics.json").read_text())
+    assert set(heldout["sources"]) == set(test["sources"])
+    assert (run / "report/heldout/report.md").is_file() and (
+        run / "report/test/report.md"
+    ).is_file()
+    result = cli("run", "--preset", "quick", "--run-dir", run, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    ran = [
+        i["stage"]
+        for i in json.loads(result.stdout)["metrics"]["stages"]
+        if i["status"] != "current"
+    ]
+    assert ran == []
 
 
 @pytest.mark.parametrize(
@@ -144,7 +186,7 @@ def test_example_script_runs_as_written(tmp_path):
         ["bash", str(script), str(tmp_path / "run")], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "run/report/metrics.json").is_file()
+    assert (tmp_path / "run/report/test/metrics.json").is_file()
 
 
 def _write_rgb_shapes(root, per_class, size=32):
@@ -179,9 +221,9 @@ def test_quick_preset_runs_on_rgb_images(tmp_path, monkeypatch):
     vqvae = manifest["stages"]["train-vqvae/vqvae-8x8-k32"]
     assert vqvae["metrics"]["trunk"] == "residual"  # the VAEs', without being told again
     assert manifest["stages"]["train-vae/spatial"]["settings"]["vae"]["trunk"] == "residual"
-    report = json.loads((run / "report/metrics.json").read_text())
+    report = json.loads((run / "report/test/metrics.json").read_text())
     pairs = {(p["posthoc"], p["vqvae"]) for p in report["equal_rate_pairs"]}
     assert ("quant/w2-k32-spatial", "vqvae/vqvae-8x8-k32") in pairs
-    assert (run / "report/reconstructions.png").is_file()
+    assert (run / "report/test/reconstructions.png").is_file()
     codes = load_file(run / "vqvae/vqvae-8x8-k32/codes.safetensors")
     assert codes["test.codes"].shape == (16, 8, 8)

@@ -79,11 +79,13 @@ def test_same_seed_same_samples(prior_run):
 
 def test_random_and_vae_modes(prior_run, tmp_path):
     out = tmp_path / "new" / "folder" / "r.png"
+    before = snapshot(prior_run)
     result = cli(
         "sample", "--run-dir", prior_run, "--source", SOURCE, "--mode", "random", "--out", out, "-q"
     )
     assert result.exit_code == 0, result.stderr
     assert out.is_file()
+    assert snapshot(prior_run) == before  # --out writes that file only
     assert cli("sample", "--run-dir", prior_run, "--mode", "vae", "--n", "4", "-q").exit_code == 0
     assert (prior_run / "samples/vae/vae.png").is_file()
 

@@ -203,8 +203,8 @@ def test_geodesic_barycenter_is_its_own_source(tiny_run):
 
 def test_scalar_levels_split_k_over_the_chunk_dimensions():
     from geovq import GeovqError
+    from geovq.quant.settings_fit import scalar_levels
     from geovq.settings import QuantizeSettings
-    from geovq.stages.quantize import scalar_levels
 
     assert scalar_levels(QuantizeSettings(metric="scalar", k=256), 4) == (4, 4, 4, 4)
     assert scalar_levels(QuantizeSettings(metric="scalar", k=256), 2) == (16, 16)

@@ -1,0 +1,34 @@
+"""Evaluation as a library: pure functions from decoders, codes, latents and images to figures.
+
+``reconstruction`` (MSE, PSNR, SSIM of decoded latents), ``prior_nll`` (a prior's bits per code
+beside the uniform and unigram baselines), ``frechet`` (Fréchet distance of classifier
+features), ``rates`` (equal-rate pairs and rate–distortion points) and ``sweep`` (codebooks at
+several K). ``geovq compare`` loads the run, calls these and renders the result.
+"""
+
+from geovq.evaluation.frechet import FrechetScorer, frechet_distance
+from geovq.evaluation.prior_nll import code_baselines, split_bits_per_code
+from geovq.evaluation.rates import equal_rate_pairs, family_of, pair_notes, rate_points
+from geovq.evaluation.reconstruction import (
+    decode_images,
+    decoded_mse,
+    quantization_metrics,
+    reconstruction_figures,
+)
+from geovq.evaluation.sweep import sweep_points
+
+__all__ = [
+    "FrechetScorer",
+    "code_baselines",
+    "decode_images",
+    "decoded_mse",
+    "equal_rate_pairs",
+    "family_of",
+    "frechet_distance",
+    "pair_notes",
+    "quantization_metrics",
+    "rate_points",
+    "reconstruction_figures",
+    "split_bits_per_code",
+    "sweep_points",
+]
