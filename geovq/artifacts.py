@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Self
 
@@ -19,7 +20,7 @@ import torch
 
 from geovq import GeovqError
 from geovq.names import check_name, parse_source
-from geovq.rundir import RunDir, parse_tensors, read_file
+from geovq.rundir import RunDir, parse_tensors, read_file, split_digest
 from geovq.settings import DataSettings
 
 __all__ = ["check_name", "parse_source"]
@@ -43,6 +44,17 @@ class Reader:
 
     def record_of(self, key: str) -> dict[str, Any] | None:
         return self.manifest["stages"].get(key)
+
+    def narrow_to_splits(
+        self, relpath: str, tensors: dict[str, torch.Tensor], splits: Iterable[str]
+    ) -> None:
+        """List only these splits of a file read whole as inputs (``FILE#SPLIT``, by
+        ``split_digest``), so a split added to it later (``extract --as``) leaves the stage
+        current; a file not read is left as it is."""
+        if self.inputs.pop(relpath, None) is None:
+            return
+        for split in splits:
+            self.inputs[f"{relpath}#{split}"] = split_digest(tensors, split)
 
     def read(
         self, relpath: str, producer: str, what: str

@@ -38,7 +38,7 @@ from geovq.plots import save_code_usage, save_image_rows, save_rate_distortion, 
 from geovq.progress import NullProgress
 from geovq.quant.settings_fit import fit_from_settings
 from geovq.report import HEADLINE_COLUMNS, headline_rows, render_report, smoke_warning
-from geovq.rundir import RunDir, split_digest
+from geovq.rundir import RunDir
 from geovq.settings import QuantizeSettings, Settings, parse_k_list
 from geovq.stages.record import StageResult, StageRun, stage
 from geovq.stages.sources import (
@@ -516,12 +516,11 @@ def _record_latents_per_split(record: StageRun, models: RunModels, split: str) -
     """compare reads the evaluated split (and, to assign codes on the fly, the fit split) of
     each latents file: record those splits, so another split added later leaves it current."""
     for files in latents_vaes(models):
-        if record.inputs.pop(files.latents, None) is None:
+        if files.latents not in record.inputs:
             continue
         latents, _ = models.latents(files)
-        for name in {split, "train"}:
-            if f"{name}.mu" in latents:
-                record.inputs[f"{files.latents}#{name}"] = split_digest(latents, name)
+        splits = [name for name in sorted({split, "train"}) if f"{name}.mu" in latents]
+        record.narrow_to_splits(files.latents, latents, splits)
 
 
 def _remove_stale_figures(run_dir: RunDir, folder: str, figures: dict[str, str]) -> None:

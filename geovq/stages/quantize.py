@@ -28,7 +28,7 @@ from geovq.evaluation.reconstruction import decoded_mse, quantization_metrics
 from geovq.progress import NullProgress
 from geovq.quant.codebook import assign_codes, chunk_latents
 from geovq.quant.settings_fit import codebook_size, fit_from_settings, scalar_levels
-from geovq.rundir import RunDir, split_digest
+from geovq.rundir import RunDir
 from geovq.settings import QuantizeSettings, Settings, parse_grid
 from geovq.stages.record import StageResult, StageRun, check_finite, stage
 from geovq.training import resolve_device
@@ -95,9 +95,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     splits = latent_splits(latents)
     # Recorded per split, not as the whole file: a split added later (extract --as) leaves
     # the codebook current and gets its codes on the fly where it is used.
-    record.inputs.pop(files.latents, None)
-    for split in splits:
-        record.inputs[f"{files.latents}#{split}"] = split_digest(latents, split)
+    record.narrow_to_splits(files.latents, latents, splits)
     latent_dim = latents[f"{splits[0]}.mu"].shape[1]
     chunks, grid = chunk_grid(q, latent_dim, latents_meta.grid)
     chunk_dim = latent_dim // chunks

@@ -67,7 +67,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     codes_tensors, _ = load_codes(record, quant)
     files = VaeFiles(meta.vae)
     _refuse_changed_latents(record, quant, files)
-    _, latents_meta = load_latents(record, files)
+    latents, latents_meta = load_latents(record, files)
     vae, vae_meta = load_vae(record, device, files)
     fit_split = meta.fit_split or "train"
     images = split_images(record, latents_meta, files)
@@ -77,6 +77,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         for split in images
         if f"{split}.codes" in codes_tensors
     }
+    # the codes came from these splits of the latents; a split added later is not our input
+    record.narrow_to_splits(files.latents, latents, quantized)
     recon = vae_meta.recon_loss
     params = decoder_parameters(vae)
     for param in vae.parameters():
