@@ -74,8 +74,8 @@ def test_sample_and_compare_record_every_input(run):
     expected = {"vae.safetensors", "quant/q/codebook.safetensors", "quant/q/codes.safetensors",
                 "quant/q/decoder.safetensors", "prior/quant-q.safetensors"}  # fmt: skip
     assert expected <= sample_inputs
-    compare_inputs = set(stages["compare"]["inputs"])
-    assert {"vae.safetensors", "latents.safetensors", "quant/q/decoder.safetensors",
+    compare_inputs = set(stages["compare/test"]["inputs"])
+    assert {"vae.safetensors", "latents.safetensors#test", "quant/q/decoder.safetensors",
             "vqvae/v/model.safetensors", "prior/quant-q.safetensors",
             "prior/vqvae-v.safetensors"} <= compare_inputs  # fmt: skip
     # Retraining the VAE makes them stale, and `info` says so.
@@ -83,7 +83,7 @@ def test_sample_and_compare_record_every_input(run):
                "--force", *BASE).exit_code == 0  # fmt: skip
     info = json.loads(cli("info", "--run-dir", run, "--json").stdout)["metrics"]["stages"]
     assert info["sample/quant-q/prior"]["current"] is False
-    assert info["compare"]["current"] is False
+    assert info["compare/test"]["current"] is False
 
 
 def test_codes_metadata_is_written_and_parsed_in_one_place(run):

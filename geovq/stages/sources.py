@@ -155,15 +155,13 @@ class RunModels:
         return self._latents[files]
 
     def prior(self, source: Source):
-        """The source's prior, or None where it has none (or one for other codes)."""
+        """The source's prior, or None where it has none; a changed prior, or one trained on
+        other codes, is refused (GeovqError), never silently left out."""
         if source.name not in self._priors:
             files = PriorFiles(Quantization.parse(source.name))
             prior = None
             if self.run_dir.exists(files.path):
-                try:
-                    prior = load_prior(self.reader, files, source.codes_sha256, self.device)
-                except GeovqError:
-                    prior = None
+                prior = load_prior(self.reader, files, source.codes_sha256, self.device)
             self._priors[source.name] = prior
         return self._priors[source.name]
 
