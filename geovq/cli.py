@@ -346,6 +346,7 @@ def train_vae_command(
     beta: setting("vae.beta") = None,
     target_rate: setting("vae.target_rate") = None,
     rate_gain: setting("vae.rate_gain") = None,
+    rate_chunks: setting("vae.rate_chunks") = None,
     free_bits: setting("vae.free_bits") = None,
     recon_loss: setting("vae.recon_loss") = None,
     latent: setting("vae.latent") = None,

@@ -141,6 +141,12 @@ class VaeSettings(TrainSettings):
         None, gt=0, description="Drive the KL to this many bits per image by adapting beta."
     )
     rate_gain: float = Field(0.05, gt=0, description="Step of log beta per batch (target rate).")
+    rate_chunks: int | None = Field(
+        None,
+        ge=1,
+        description="Hold --target-rate per chunk: L equal chunks of the latent (positions, "
+        "spatial), one beta each, KL target/L each.",
+    )
     free_bits: float = Field(0.0, ge=0, description="KL floor per latent dimension, nats.")
     recon_loss: Literal["auto", "bce", "mse"] = Field(
         "auto", description="Reconstruction loss (auto: bce for grayscale, mse for RGB)."

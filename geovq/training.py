@@ -179,7 +179,11 @@ def _autocast(device: torch.device):
 
 
 def _summary(record: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
+    """The epoch's scalar figures on one line (per-chunk lists such as ``betas`` stay in the
+    history and logs)."""
+    return "  ".join(
+        f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, int | float)
+    )
 
 
 # -- checkpoints -------------------------------------------------------------------------------

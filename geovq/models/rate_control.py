@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 BETA_MIN = 1e-5
 BETA_MAX = 1e4
 
@@ -63,3 +65,72 @@ class RateController:
     def restore(self, record: dict[str, float]) -> None:
         self.beta = record["beta"]
         self.kl_ema = record["kl_ema"] if record["kl_ema"] >= 0 else None
+
+
+class ChunkRateController:
+    """One β per latent chunk, each holding its chunk's KL at ``target_nats / chunks``.
+
+    A fixed-length code spends the same bits on every chunk (position) of the latent; a VAE
+    held only at a total rate spreads its KL unevenly (on MNIST's 7x7 grid, 10-13 bits at the
+    centre and 2 at the border), so the code's chunks are over- and under-filled at once. With
+    one multiplier per chunk, chunk l's KL is driven to target/L by ``RateController``'s rule:
+    the VAE's information is laid out as the code will carry it. ``chunks=1`` is the plain
+    whole-latent controller; ``beta`` (the mean β) is what is reported.
+    """
+
+    def __init__(
+        self,
+        target_nats: float,
+        chunks: int = 1,
+        beta_start: float = 1.0,
+        gain: float = 0.05,
+        momentum: float = 0.9,
+    ) -> None:
+        if chunks < 1:
+            raise ValueError(f"the rate needs at least one chunk, got {chunks}")
+        RateController(target_nats, beta_start, gain, momentum)  # the same checks
+        self.chunks, self.gain, self.momentum = chunks, gain, momentum
+        self.share = target_nats / chunks
+        self.log_betas = torch.full((chunks,), math.log(beta_start), dtype=torch.float64)
+        self.kl_emas: torch.Tensor | None = None
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """(L,) float64 on the CPU."""
+        return self.log_betas.exp()
+
+    @property
+    def beta(self) -> float:
+        return float(self.betas.mean())
+
+    def update(self, kl_per_chunk: torch.Tensor) -> torch.Tensor:
+        """Fold one batch's mean KL of each chunk (L,) in (nats per image); returns the βs."""
+        kl = torch.as_tensor(kl_per_chunk).detach().to("cpu", torch.float64).reshape(-1)
+        if kl.numel() != self.chunks:
+            raise ValueError(f"expected the KL of {self.chunks} chunks, got {kl.numel()}")
+        if self.kl_emas is None:
+            self.kl_emas = kl.clone()
+        else:
+            self.kl_emas = self.momentum * self.kl_emas + (1 - self.momentum) * kl
+        error = ((self.kl_emas - self.share) / self.share).clamp(-1.0, 1.0)
+        self.log_betas = (self.log_betas + self.gain * error).clamp(
+            math.log(BETA_MIN), math.log(BETA_MAX)
+        )
+        return self.betas
+
+    def state(self) -> dict[str, float | list[float]]:
+        """What an epoch record keeps so ``--resume`` continues with the same βs."""
+        emas = self.kl_emas.tolist() if self.kl_emas is not None else [-1.0] * self.chunks
+        state: dict[str, float | list[float]] = {"beta": self.beta, "kl_ema": emas[0]}
+        if self.chunks > 1:
+            state = {"beta": self.beta, "betas": self.betas.tolist(), "kl_emas": emas}
+        return state
+
+    def restore(self, record: dict) -> None:
+        """From ``state()``, or a whole-latent controller's (every chunk that β)."""
+        betas = record.get("betas", [record["beta"]] * self.chunks)
+        emas = record.get("kl_emas", [record.get("kl_ema", -1.0)] * self.chunks)
+        if len(betas) != self.chunks:
+            raise ValueError(f"the saved state has {len(betas)} chunks, not {self.chunks}")
+        self.log_betas = torch.tensor(betas, dtype=torch.float64).log()
+        self.kl_emas = None if min(emas) < 0 else torch.tensor(emas, dtype=torch.float64)

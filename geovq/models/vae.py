@@ -133,6 +133,11 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
 
 
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) of each latent dimension (D,), averaged over the batch."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).mean(0)
+
+
 def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, floor_nats: float) -> torch.Tensor:
     """KL with a free-bits floor (Kingma et al. 2016, "Improved Variational Inference with
     Inverse Autoregressive Flow"): Σ_d max(floor, batch-mean KL of dim d).
@@ -140,5 +145,4 @@ def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, floor_nats: float) -> t
     A dimension below the floor costs a constant, so the optimiser has no reason to switch it
     off; the reported KL stays ``kl_divergence``.
     """
-    per_dim = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).mean(0)
-    return torch.clamp(per_dim, min=floor_nats).sum()
+    return torch.clamp(kl_per_dim(mu, logvar), min=floor_nats).sum()

@@ -10,12 +10,12 @@ from geovq import GeovqError, memory
 from geovq.artifacts import VaeFiles, VaeMeta
 from geovq.data import Dataset, load_dataset, to_float
 from geovq.models.blocks import TRUNK_CHANNELS
-from geovq.models.rate_control import RateController, bits_to_nats
+from geovq.models.rate_control import ChunkRateController, bits_to_nats
 from geovq.models.vae import (
     VAE,
     VAEConfig,
-    free_bits_kl,
     kl_divergence,
+    kl_per_dim,
     recon_kind,
     reconstruction_loss,
 )
@@ -60,6 +60,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     for note in notes:
         progress.log(note)
     config = vae_config(settings, dataset)
+    chunks = _rate_chunks(settings, config)
     recon = recon_kind(settings.vae.recon_loss, config.channels)
     record.settle(_recorded_settings(settings), resume=settings.vae.resume)
     _check_memory(config, settings.vae.batch_size, device)
@@ -68,19 +69,19 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     model = VAE(config).to(device)
     train_images = dataset.splits["train"].images.to(device)
     test_images = dataset.splits["test"].images.to(device)
-    controller = _controller(settings, run_dir, files.checkpoint)
+    controller = _controller(settings, run_dir, files.checkpoint, chunks)
     free_bits = settings.vae.free_bits
 
     def step(batch, generator):
         images = to_float(batch[0])
         logits, mu, logvar = model(images, generator)
         rec = reconstruction_loss(logits, images, recon)
-        kl = kl_divergence(mu, logvar)
-        penalty = free_bits_kl(mu, logvar, free_bits) if free_bits else kl
-        beta = controller.beta
-        loss = rec + beta * penalty
-        controller.update(kl.detach())
-        return loss, {"loss": loss, "recon": rec, "kl": kl}
+        per_dim = kl_per_dim(mu, logvar)
+        charged = per_dim.clamp_min(free_bits) if free_bits else per_dim
+        betas = controller.betas.to(per_dim.device, per_dim.dtype)
+        loss = rec + (betas * charged.reshape(chunks, -1).sum(1)).sum()
+        controller.update(per_dim.detach().reshape(chunks, -1).sum(1))
+        return loss, {"loss": loss, "recon": rec, "kl": per_dim.sum()}
 
     def evaluate() -> dict[str, float]:
         figures = evaluate_vae(model, test_images, recon, controller.beta, settings.seed)
@@ -183,14 +184,34 @@ def _check_memory(config: VAEConfig, batch_size: int, device: torch.device) -> N
     )
 
 
-def _controller(settings: Settings, run_dir: RunDir, checkpoint: str) -> RateController:
-    """β's controller: a fixed β when there is no target rate (a gain of zero in effect)."""
+def _rate_chunks(settings: Settings, config: VAEConfig) -> int:
+    """How many chunks hold their own share of the target rate (1: the whole latent)."""
+    chunks = settings.vae.rate_chunks
+    if chunks is None:
+        return 1
+    if settings.vae.target_rate is None:
+        raise GeovqError("--rate-chunks needs --target-rate (the rate the chunks share)")
+    if config.total_latent_dim % chunks:
+        raise GeovqError(
+            f"--rate-chunks {chunks} does not divide the latent's {config.total_latent_dim} "
+            f"dims; use a divisor (for a spatial latent, its positions: "
+            f"{config.grid[0] * config.grid[1]})"
+        )
+    return chunks
+
+
+def _controller(
+    settings: Settings, run_dir: RunDir, checkpoint: str, chunks: int
+) -> ChunkRateController | _FixedBeta:
+    """β's controller (one β per rate chunk); a fixed β when there is no target rate."""
     vae = settings.vae
     if vae.target_rate is None:
         return _FixedBeta(vae.beta)
     if vae.beta <= 0:
         raise GeovqError("--target-rate needs --beta > 0 to start from (e.g. --beta 1)")
-    controller = RateController(bits_to_nats(vae.target_rate), beta=vae.beta, gain=vae.rate_gain)
+    controller = ChunkRateController(
+        bits_to_nats(vae.target_rate), chunks, beta_start=vae.beta, gain=vae.rate_gain
+    )
     if vae.resume:
         history = checkpoint_history(run_dir, checkpoint)
         if history:
@@ -203,9 +224,10 @@ class _FixedBeta:
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
+        self.betas = torch.tensor([beta], dtype=torch.float64)
 
-    def update(self, kl) -> float:
-        return self.beta
+    def update(self, kl) -> torch.Tensor:
+        return self.betas
 
     def state(self) -> dict[str, float]:
         return {"beta": self.beta}

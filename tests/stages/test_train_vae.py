@@ -98,6 +98,8 @@ BAD_TRAIN = [
     (("--device", "cuda"), "--device cuda"),
     (("--resume",), "no checkpoint"),
     (("--latent", "blob"), "--latent"),
+    (("--target-rate", "64", "--rate-chunks", "5"), "--rate-chunks 5 does not divide"),
+    (("--rate-chunks", "8"), "--rate-chunks needs --target-rate"),
 ]
 
 
@@ -251,3 +253,22 @@ def test_target_rate_records_beta_and_the_achieved_rate(tmp_path):
         )
     )
     assert resumed.metrics["history"][-1]["beta"] < history[1]["beta"]
+
+
+def test_rate_chunks_hold_one_beta_per_position(tmp_path):
+    """A spatial VAE with --rate-chunks = its positions keeps one beta per position, each
+    moved by its own position's KL, and resumes them all."""
+    from geovq.stages import train_vae
+    from tests.helpers import tiny_settings
+
+    vae = {"epochs": 1, "target_rate": 64.0, "rate_chunks": 49, "latent": "spatial"}
+    vae["spatial_channels"] = 2
+    settings = tiny_settings(tmp_path / "run", vae=vae)
+    history = train_vae.run(settings).metrics["history"]
+    betas = history[-1]["betas"]
+    assert len(betas) == 49 and len(history[-1]["kl_emas"]) == 49
+    assert len(set(betas)) > 1  # positions carry different KL, so their betas part
+    assert history[-1]["beta"] == pytest.approx(sum(betas) / 49)
+    more = settings.vae.model_copy(update={"epochs": 2, "resume": True})
+    resumed = train_vae.run(settings.model_copy(update={"vae": more})).metrics["history"]
+    assert len(resumed) == 2 and resumed[0]["betas"] == betas
