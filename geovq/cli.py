@@ -504,6 +504,7 @@ def compare_command(
     sweep_k: setting("compare.sweep_k") = None,
     samples: setting("compare.samples") = None,
     classifier_epochs: setting("compare.classifier_epochs") = None,
+    rate: setting("compare.rate") = None,
 ) -> None:
     """Evaluate every quantization side by side: table, report/metrics.json, report.md, figures."""
     from geovq.stages import compare
