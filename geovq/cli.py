@@ -53,6 +53,7 @@ app = typer.Typer(
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+PIPED_WIDTH = 160  # columns of piped output, at least
 
 DATA, MODEL, TRAINING, OUTPUT, GLOBAL = "Data", "Model", "Training", "Output", "Global"
 _OUTPUT_FIELDS = {"quantize.name", "vqvae.name", "sample.out", "extract.as_name"}
@@ -308,15 +309,25 @@ def _print_result(result: StageResult, as_json: bool) -> None:
 
     table = Table(title=result.title or result.stage)
     for column in result.columns:
-        table.add_column(column)
-    for row in result.rows:
-        table.add_row(*[str(cell) for cell in row])
-    # Piped output has no terminal width; don't squeeze a wide table into 80 columns.
-    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    console = Console(width=160 if wide else None)
+        table.add_column(escape(column))
+    for row in result.rows:  # a cell is text, not markup: "w2-k16 [vae decoder]" stays whole
+        table.add_row(*[escape(str(cell)) for cell in row])
+    # Piped output has no terminal width: print the table whole (compare's is ~190 wide)
+    # rather than squeezing it into 80 columns.
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    console = Console(width=_unsqueezed_width(table) if piped else None)
     console.print(table)
     for note in result.notes:
         console.print(note, highlight=False, markup=False)
+
+
+def _unsqueezed_width(table) -> int:
+    """Columns a Rich table takes without wrapping or cutting a cell, at least PIPED_WIDTH."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    probe = Console(width=10_000)
+    return max(PIPED_WIDTH, Measurement.get(probe, probe.options, table).maximum)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -505,6 +516,7 @@ def compare_command(
     sweep_k: setting("compare.sweep_k") = None,
     samples: setting("compare.samples") = None,
     classifier_epochs: setting("compare.classifier_epochs") = None,
+    rate: setting("compare.rate") = None,
 ) -> None:
     """Evaluate every quantization side by side: table, report/metrics.json, report.md, figures."""
     from geovq.stages import compare

@@ -17,11 +17,32 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.transforms import Bbox
 from torchvision.utils import make_grid
 
 DPI = 100
-# Families drawn as separate markers rather than a curve: end-to-end models, one point each.
-MARKER_FAMILIES = ("vq-vae",)
+# Rate-distortion: a colour per method, post hoc as circles (squares, triangles for further
+# VAEs), end-to-end models as stars (VQ-VAE) and diamonds (FSQ).
+METHODS = ("euclidean", "w2", "geodesic", "geodesic-bary", "scalar", "vq-vae", "fsq")
+POSTHOC = METHODS[:5]
+METHOD_COLOURS = dict(
+    zip(
+        METHODS,
+        ("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:purple", "tab:red", "black"),
+        strict=True,
+    )
+)
+POSTHOC_MARKERS = ("o", "s", "^", "v")
+END_TO_END_MARKERS = {"vq-vae": ("*", 13), "fsq": ("D", 7)}
+STYLE_KEY = "filled, solid: refit decoder\nhollow, dashed: the VAE's decoder"
+RATE_AXES = {
+    "nominal": "bits per image, nominal (L log2 K, a fixed-length code)",
+    "prior": "bits per image, prior rate (the prior's NLL of the codes, entropy-coded)",
+}
+LABEL_POINT_SIZE = 6.5
+LABEL_GAP_PX = 10.0  # from a point to its label (clear of its marker box)
+LABEL_STEPS = 60  # label heights tried above and below a point
+MARKER_PX = 9.0  # half the side of the box a marker keeps free of labels (a star's radius)
 QUALITATIVE = colormaps["tab10"]
 LINE_STYLES = ("-", "--", ":", "-.")
 LABEL_SIZE = 8
@@ -135,71 +156,188 @@ def save_code_usage(histograms: dict[str, torch.Tensor], path: str | Path) -> Pa
     return _save(figure, path)
 
 
-def save_rate_distortion(points: list[dict], path: str | Path) -> Path:
-    """MSE per pixel against bits per image on a log2 axis: a curve per post-hoc family
-    (circles), stars for VQ-VAEs; every point labelled with its source.
+def save_rate_distortion(points: list[dict], path: str | Path, *, rate: str = "nominal") -> Path:
+    """MSE per pixel against bits per image (log2 axis); see ``rate_distortion_figure``."""
+    return _save(rate_distortion_figure(points, rate=rate), path)
 
-    Each point is {"name", "family", "bits_per_image", "mse"} (+ "sweep": True for K-sweep
-    points, labelled by their K alone).
+
+def rate_distortion_figure(points: list[dict], *, rate: str = "nominal") -> Figure:
+    """MSE per pixel against bits per image on a log2 axis, every point labelled with its
+    source, the legend outside the axes.
+
+    Each point is {"name", "family", "bits_per_image", "mse"}, optionally "method" (colour:
+    one per euclidean, w2, geodesic, geodesic-bary, scalar, vq-vae, fsq), "refit" (filled
+    marker and solid line; hollow and dashed through the VAE's decoder), "vae" (marker shape
+    of a post-hoc family, one per VAE) and "sweep": True (a K-sweep point, labelled by its K).
+    A family with several points is a curve. ``rate`` names the x axis: "nominal" (L log2 K)
+    or "prior" (the prior's NLL).
     """
     if not points:
-        raise ValueError("save_rate_distortion needs at least one point")
+        raise ValueError("rate_distortion_figure needs at least one point")
+    if rate not in RATE_AXES:
+        raise ValueError(f"rate must be one of {sorted(RATE_AXES)}, got {rate!r}")
     families: dict[str, list[dict]] = {}
     for point in points:
         _check_rate_point(point)
         families.setdefault(point["family"], []).append(point)
-    figure = _new_figure((8.0, 5.0))
+    vaes = list(dict.fromkeys(p.get("vae", "") for p in points if p.get("method") in POSTHOC))
+    figure = _new_figure((8.0, 5.5))
     ax = figure.add_subplot()
-    for index, (family, members) in enumerate(families.items()):
+    ordered = sorted(families.items(), key=lambda item: _family_order(item[1][0]))
+    colours = {}
+    for index, (family, members) in enumerate(ordered):
         members = sorted(members, key=lambda point: point["bits_per_image"])
+        style = _point_style(members[0], index, vaes)
+        colours[family] = style["color"]
         bits = [point["bits_per_image"] for point in members]
         mse = [point["mse"] for point in members]
-        color, style = _series_style(index)
-        if family.lower() in MARKER_FAMILIES:
-            ax.scatter(bits, mse, marker="*", s=160, color=color, label=family, zorder=3)
-        else:
-            ax.plot(bits, mse, marker="o", color=color, linestyle=style, label=family)
+        ax.plot(
+            bits,
+            mse,
+            linestyle=style["linestyle"] if len(members) > 1 else "none",
+            marker=style["marker"],
+            markersize=style["size"],
+            color=style["color"],
+            markerfacecolor=style["color"] if style["filled"] else "white",
+            markeredgewidth=1.2,
+            label=family,
+            zorder=3 if style["filled"] else 4,  # hollow on top: a filled twin stays visible
+        )
     _log2_axis(ax, [point["bits_per_image"] for point in points])
-    _label_points(ax, families)
-    ax.set_xlabel("bits per image")
-    ax.set_ylabel("MSE per pixel")
-    ax.set_title("Rate-distortion")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=LABEL_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _save(figure, path)
-
-
-def _label_points(ax, families: dict[str, list[dict]]) -> None:
-    """Label every point with its source (K alone for sweep points). Labels of points that
-    (nearly) coincide are stacked, alternately above and below; a repeated label is drawn once.
-    """
     low, high = ax.get_ylim()
-    pad = 0.12 * (high - low)
-    ax.set_ylim(low - pad, high + pad)  # room for stacked labels inside the axes
-    placed: list[tuple[float, float, str]] = []
-    for index, members in enumerate(families.values()):
-        color, _ = _series_style(index)
-        for point in members:
-            bits, mse, text = point["bits_per_image"], point["mse"], _point_label(point)
-            near = [
-                other
-                for other in placed
-                if abs(math.log2(other[0] / bits)) < 0.15
-                and abs(other[1] - mse) < 0.04 * (high - low)
-            ]
-            if any(other[2] == text for other in near):
-                continue
-            placed.append((bits, mse, text))
-            step = len(near) // 2 + 1
-            offset = 8 * (step - 1) + 3 if len(near) % 2 == 0 else -8 * step - 3
+    pad = 0.08 * (high - low)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_xlabel(RATE_AXES[rate])
+    ax.set_ylabel("MSE per pixel")
+    ax.set_title(f"Rate-distortion ({rate} rate)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(
+        fontsize=LABEL_SIZE,
+        title=STYLE_KEY,
+        title_fontsize=LABEL_SIZE,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
+    labelled = [(point, colours[family]) for family, members in ordered for point in members]
+    _label_points(ax, labelled)
+    return figure
+
+
+def _family_order(point: dict) -> tuple:
+    """Post hoc by method, VAE and refit first; then VQ-VAE, FSQ; unknown methods last."""
+    method = point.get("method", "")
+    rank = METHODS.index(method) if method in METHODS else len(METHODS)
+    return (rank, point.get("vae", ""), not point.get("refit", False), point["family"])
+
+
+def _point_style(point: dict, index: int, vaes: list[str]) -> dict:
+    """Colour by method, marker by kind (post hoc: one shape per VAE; VQ-VAE star; FSQ
+    diamond), filled with a solid line through a refit decoder, hollow and dashed without."""
+    method = point.get("method")
+    if method not in METHOD_COLOURS:  # a point that does not say: a colour per family
+        color, linestyle = _series_style(index)
+        return {"color": color, "linestyle": linestyle, "marker": "o", "size": 6, "filled": True}
+    if method in END_TO_END_MARKERS:
+        marker, size = END_TO_END_MARKERS[method]
+        return {
+            "color": METHOD_COLOURS[method],
+            "linestyle": "-",
+            "marker": marker,
+            "size": size,
+            "filled": True,
+        }
+    refit = bool(point.get("refit"))
+    vae_index = vaes.index(point.get("vae", "")) if point.get("vae", "") in vaes else 0
+    return {
+        "color": METHOD_COLOURS[method],
+        "linestyle": "-" if refit else "--",
+        "marker": POSTHOC_MARKERS[vae_index % len(POSTHOC_MARKERS)],
+        "size": 7,
+        "filled": refit,
+    }
+
+
+def _label_points(ax, labelled: list[tuple[dict, tuple]]) -> list:
+    """Label every (point, colour) with its source (K alone for sweep points), greedily: each
+    label goes right of its point (left near the right edge) at the nearest height where it
+    covers no other label and no marker, inside the axes, with a thin leader line when moved
+    off its point. A label repeated at the same place is drawn once. Returns the labels."""
+    renderer = ax.figure.canvas.get_renderer()
+    to_display, to_data = ax.transData.transform, ax.transData.inverted().transform
+    area = ax.get_window_extent(renderer)
+    at = {id(p): to_display((p["bits_per_image"], p["mse"])) for p, _ in labelled}
+    markers = [
+        Bbox.from_bounds(x - MARKER_PX, y - MARKER_PX, 2 * MARKER_PX, 2 * MARKER_PX)
+        for x, y in at.values()
+    ]
+    boxes: list[Bbox] = []
+    drawn: list[tuple[str, tuple[float, float]]] = []
+    artists = []
+    order = sorted(labelled, key=lambda item: (item[0]["bits_per_image"], item[0]["mse"]))
+    for point, colour in order:
+        text = _point_label(point)
+        anchor = (point["bits_per_image"], point["mse"])
+        x, y = at[id(point)]
+        if any(t == text and _near((x, y), xy) for t, xy in drawn):
+            continue
+        if point.get("sweep") and any(  # a run's own point, named in full, is there already
+            not other.get("sweep") and _near((x, y), at[id(other)]) for other, _ in labelled
+        ):
+            continue
+        drawn.append((text, (x, y)))
+        artist = ax.text(
+            *anchor,
+            text,
+            fontsize=LABEL_POINT_SIZE,
+            color=colour,
+            va="center",
+            zorder=5,
+            # legible where it crosses a curve
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 0.4},
+        )
+        extent = artist.get_window_extent(renderer)
+        width, height = extent.width, extent.height
+        # right of the point, or left where the label would leave the axes (into the legend)
+        right = x + LABEL_GAP_PX + width <= area.x1
+        left_edge = x + LABEL_GAP_PX if right else x - LABEL_GAP_PX - width
+        box = _free_box(left_edge, y, width, height, boxes + markers, area)
+        boxes.append(box)
+        centre = (box.y0 + box.y1) / 2
+        artist.set_position(to_data((box.x0, centre)))
+        if abs(centre - y) > height / 2:
             ax.annotate(
-                text,
-                (bits, mse),
-                textcoords="offset points",
-                xytext=(5, offset),
-                fontsize=6.5,
-                color=color,
+                "",
+                xy=anchor,
+                xytext=to_data((box.x0 if right else box.x1, centre)),
+                arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.7},
             )
+        artists.append(artist)
+    return artists
+
+
+def _near(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Two points in display pixels close enough for one marker to hide the other."""
+    return abs(a[0] - b[0]) <= MARKER_PX and abs(a[1] - b[1]) <= MARKER_PX
+
+
+def _free_box(x: float, y: float, width: float, height: float, taken: list, area) -> Bbox:
+    """The box (x, y ± height / 2 + steps of a line) nearest y that overlaps nothing in
+    ``taken`` and lies inside ``area``; the least crowded such box if none is free."""
+    best, best_overlaps = None, None
+    line = height + 1.0  # touching boxes count as overlapping
+    for step in range(LABEL_STEPS):
+        for sign in (1, -1) if step else (1,):
+            centre = y + sign * step * line
+            box = Bbox.from_bounds(x, centre - height / 2, width, height)
+            if box.y0 < area.y0 or box.y1 > area.y1:
+                continue
+            overlaps = sum(box.overlaps(other) for other in taken)
+            if overlaps == 0:
+                return box
+            if best_overlaps is None or overlaps < best_overlaps:
+                best, best_overlaps = box, overlaps
+    return best if best is not None else Bbox.from_bounds(x, y - height / 2, width, height)
 
 
 def _series_style(index: int) -> tuple[tuple, str]:
@@ -214,11 +352,15 @@ def _point_label(point: dict) -> str:
 
 
 def _log2_axis(ax, values: list[float]) -> None:
-    """Log2 x axis with ticks at powers of two written as plain numbers (16, 32, 64, ...)."""
+    """Log2 x axis with ticks written as plain numbers: at powers of two (16, 32, 64, ...), and
+    also halfway (24, 48, ...) when the points span less than two octaves."""
     ax.set_xscale("log", base=2)
     low, high = math.floor(math.log2(min(values))), math.ceil(math.log2(max(values)))
     ax.set_xlim(2.0 ** (low - 0.3), 2.0 ** (high + 0.3))
-    ax.xaxis.set_major_locator(FixedLocator([2.0**e for e in range(low, high + 1)]))
+    ticks = [2.0**e for e in range(low, high + 1)]
+    if high - low < 2:
+        ticks = sorted(ticks + [1.5 * 2.0**e for e in range(low, high)])
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
 

@@ -297,6 +297,10 @@ class CompareSettings(Section):
     sweep_k: str | None = Field(None, description="Rate-distortion Ks, e.g. 16,64,256,1024.")
     classifier_epochs: int = Field(3, ge=1, description="Epochs of the judging classifier.")
     samples: int = Field(500, ge=2, description="Samples per source for sample quality.")
+    rate: Literal["both", "nominal", "prior"] = Field(
+        "both",
+        description="Rate of the rate-distortion figure: L log2 K bits, the prior's NLL, or both.",
+    )
 
     @field_validator("sweep_k")
     @classmethod

@@ -140,3 +140,17 @@ def test_a_choice_is_checked_by_the_model_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "--metric" in result.stderr and "'w2'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_piped_tables_are_printed_whole_and_cells_are_not_markup(monkeypatch, capsys):
+    from geovq.cli import _print_result
+    from geovq.stages.record import StageResult
+
+    monkeypatch.delenv("COLUMNS")  # piped: no terminal width
+    columns = ["quantization"] + [f"column {i}" for i in range(14)]
+    name = "quant/geodesic-bary-k256-spatial [vae decoder]"
+    _print_result(
+        StageResult("compare/test", {}, columns=columns, rows=[[name] + ["0.12345"] * 14]), False
+    )
+    out = capsys.readouterr().out
+    assert name in out and "0.12345" in out and "…" not in out

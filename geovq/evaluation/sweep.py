@@ -25,9 +25,11 @@ def sweep_points(
     assign: str,
     family: str,
     label: str,
+    vae: str = "",
     on_point: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One {"name", "family", "bits_per_image", "mse", "sweep"} point per K.
+    """One {"name", "family", "method", "refit", "vae", "bits_per_image", "mse", "sweep"} point
+    per K, decoded by the VAE's own decoder (no refit); ``label`` is the method (e.g. w2).
 
     ``fit_at(K)`` fits the codebook on the fit split; the evaluated split's chunk Gaussians
     mu, sigma (N, L, C) get codes by ``assign`` — or None when the evaluated split is the fit
@@ -43,6 +45,9 @@ def sweep_points(
                 "name": f"{label}-k{k} (sweep)",
                 "k": k,
                 "family": family,
+                "method": label,
+                "refit": False,
+                "vae": vae,
                 "bits_per_image": codes.shape[1] * math.log2(k),
                 "mse": mse,
                 "sweep": True,

@@ -2,11 +2,13 @@
 
 Load (every source, VAE and prior once) → evaluate (``geovq.evaluation``) → render
 (``geovq.report``, ``geovq.plots``). Per source on ``--split``: reconstruction MSE/PSNR/SSIM,
-bits per image, code usage, prior NLL beside uniform and unigram; sample quality through a small
-classifier trained on the run's train split (cached in ``report/classifier.safetensors``);
-equal-rate pairs and, with ``--sweep-k``, rate–distortion points. A split the codes lack (added
-by ``extract --as``) gets codes on the fly. Writes ``report/<split>/``: metrics.json, report.md
-and the figures.
+two rates (nominal L log2 K bits per image, and the prior's NLL: the entropy-coded rate), code
+usage, prior NLL beside uniform and unigram, the training budget (epochs and wall seconds, from
+the manifest); sample quality through a small classifier trained on the run's train split
+(cached in ``report/classifier.safetensors``); equal-rate pairs and rate–distortion points at
+the ``--rate`` asked (both by default), with ``--sweep-k`` also a K sweep. A split the codes
+lack (added by ``extract --as``) gets codes on the fly. Writes ``report/<split>/``:
+metrics.json, report.md and the figures.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from geovq import GeovqError
 from geovq.artifacts import PriorFiles, Quantization, VaeFiles
 from geovq.data import stratified_head, to_float
 from geovq.evaluation import (
+    RATES,
     FrechetScorer,
     code_baselines,
     decode_images,
@@ -30,6 +33,8 @@ from geovq.evaluation import (
     reconstruction_figures,
     split_bits_per_code,
     sweep_points,
+    training_budget,
+    without_prior_rate,
 )
 from geovq.metrics import code_counts, summarize_codes
 from geovq.models.classifier import ClassifierConfig, SmallClassifier, accuracy, train_classifier
@@ -37,7 +42,13 @@ from geovq.models.pixelcnn import sample_codes
 from geovq.plots import save_code_usage, save_image_rows, save_rate_distortion, save_sample_rows
 from geovq.progress import NullProgress
 from geovq.quant.settings_fit import fit_from_settings
-from geovq.report import HEADLINE_COLUMNS, headline_rows, render_report, smoke_warning
+from geovq.report import (
+    HEADLINE_COLUMNS,
+    headline_rows,
+    prior_rate_note,
+    render_report,
+    smoke_warning,
+)
 from geovq.rundir import RunDir
 from geovq.settings import QuantizeSettings, Settings, parse_k_list
 from geovq.stages.record import StageResult, StageRun, stage
@@ -56,6 +67,8 @@ from geovq.training import resolve_device
 STAGE = "compare"
 CLASSIFIER = "report/classifier.safetensors"
 SAMPLES_CACHE = "report/samples.safetensors"  # sample quality and the samples shown
+# rate -> the rate-distortion figure drawn at it
+RATE_FIGURES = {"nominal": "rate_distortion", "prior": "rate_distortion_prior"}
 HELD_OUT_SAMPLES_NOTE = (
     "not recomputed for a held-out split (samples do not depend on the split); see "
     "report/test/, or compare the test split with the same --samples first to have it here"
@@ -117,6 +130,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     sweep, skipped = (
         _sweep(models, entries, settings, data, progress) if options.sweep_k else ([], [])
     )
+    rates = RATES if options.rate == "both" else (options.rate,)
     metrics: dict[str, Any] = {
         "split": split,
         "smoke_run": _smoke_reason(quality, data),
@@ -124,7 +138,12 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         "vae_reference": references,
         "sample_quality": quality,
         "equal_rate_pairs": pairs,
-        "rate_distortion": rate_points(entries, split) + sweep,
+        # rate -> points; the sweep's codebooks have no prior, so they have no prior rate
+        "rate_distortion": {
+            rate: rate_points(entries, split, rate) + (sweep if rate == "nominal" else [])
+            for rate in rates
+        },
+        "prior_rate_left_out": without_prior_rate(entries, split) if "prior" in rates else [],
         "sweep_skipped": skipped,
     }
     folder = report_dir(split)
@@ -140,6 +159,9 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     if metrics["smoke_run"]:
         notes.insert(0, smoke_warning(metrics["smoke_run"]))
     notes += pair_notes(pairs) + skipped
+    if metrics["prior_rate_left_out"]:
+        drawn = bool(metrics["rate_distortion"]["prior"])
+        notes.append(prior_rate_note(metrics["prior_rate_left_out"], drawn))
     notes += [f"{name} has no latents or images for the {split} split" for name in missing]
     return StageResult(
         stage_key(split),
@@ -212,11 +234,26 @@ def _source_entry(models: RunModels, source: Source, data: RunImages, split: str
         "bits_per_image": source.bits_per_image,
         "decoder": source.decoder,
         "metric": source.metadata.metric or "vq-vae",
+        "codeword": _codeword(models, source),
         "vae": source.metadata.vae or "",
         "codes_on_the_fly": split in source.on_the_fly,
         "splits": {split: figures},
         "prior": _prior_figures(models, source, split),
+        "budget": _budget(models, source.training_stages),
     }
+
+
+def _codeword(models: RunModels, source: Source) -> str | None:
+    """A geodesic quantization's codewords ("medoid" or "barycenter"), from its record."""
+    if source.metadata.metric != "geodesic":
+        return None
+    record = models.reader.record_of(Quantization.parse(source.name).key) or {}
+    return record.get("settings", {}).get("quantize", {}).get("codeword", "medoid")
+
+
+def _budget(models: RunModels, stages: list[str]) -> dict[str, Any] | None:
+    """Epochs and wall seconds of these stages, summed from their manifest records."""
+    return training_budget({key: models.reader.record_of(key) for key in stages})
 
 
 def _prior_figures(models: RunModels, source: Source, split: str) -> dict[str, Any] | None:
@@ -248,6 +285,7 @@ def _vae_entry(models: RunModels, files: VaeFiles, data: RunImages, split: str) 
         "latent_dim": vae.config.total_latent_dim,
         "latent": vae.config.latent,
         "splits": {split: reconstruction_figures(recons, data.images[split])},
+        "budget": _budget(models, [files.train_key]),
     }
 
 
@@ -430,6 +468,7 @@ def _sweep(
             assign=q.assign,
             family=family,
             label=label,
+            vae=vae_name,
             on_point=lambda: progress.advance(1),
         )
     progress.finish()
@@ -484,10 +523,14 @@ def _figures(
     figures["code_usage"] = _save(
         record, f"{folder}/code_usage.png", lambda path: save_code_usage(usage, path)
     )
-    points = metrics["rate_distortion"]
-    if points:
-        figures["rate_distortion"] = _save(
-            record, f"{folder}/rate_distortion.png", lambda path: save_rate_distortion(points, path)
+    for rate, points in metrics["rate_distortion"].items():
+        if not points:  # e.g. the prior rate of a run without priors (said in the notes)
+            continue
+        name = RATE_FIGURES[rate]
+        figures[name] = _save(
+            record,
+            f"{folder}/{name}.png",
+            lambda path, points=points, rate=rate: save_rate_distortion(points, path, rate=rate),
         )
     for source in sources:
         if source.label not in samples_shown:

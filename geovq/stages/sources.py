@@ -87,6 +87,17 @@ class Source:
     def bits_per_image(self) -> float:
         return self.positions * math.log2(self.k)
 
+    @property
+    def training_stages(self) -> list[str]:
+        """The stages whose work made this source, as it decodes: a post-hoc one's VAE, its
+        latents, the codebook and (decoding through it) the refit decoder; a VQ-VAE's own."""
+        quant = Quantization.parse(self.name)
+        if not quant.posthoc:
+            return [quant.key]
+        vae = VaeFiles(self.metadata.vae)
+        stages = [vae.train_key, vae.extract_key, quant.key]
+        return stages + ([quant.refit_key] if self.decoder == quant.decoder else [])
+
     def add_split(self, split: str, images_u8: torch.Tensor, labels: torch.Tensor) -> bool:
         """Codes for a split the codes file lacks (e.g. added by ``extract --as``), made on the
         fly and written nowhere; False where this source cannot make them."""

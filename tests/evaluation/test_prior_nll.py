@@ -30,3 +30,22 @@ def test_split_bits_per_code_is_total_nll_over_codes():
     for batch in (2, 100):
         bits = split_bits_per_code(model, codes, None, batch=batch)
         assert bits == pytest.approx(float(nll) / codes.numel(), rel=1e-5)
+
+
+def test_prior_bits_per_image_is_the_nll_summed_over_positions():
+    """compare's prior rate (bits per code × positions) against a per-image, per-position sum
+    of -log2 p(code) from the softmax of the logits of each image alone."""
+    torch.manual_seed(1)
+    model = GatedPixelCNN(PixelCNNConfig(num_codes=6, height=3, width=2, hidden=8, layers=2))
+    model.eval()
+    codes = torch.randint(0, 6, (5, 3, 2), generator=torch.Generator().manual_seed(2))
+    per_image = []
+    with torch.no_grad():
+        for image in codes:
+            probs = torch.softmax(model(image.unsqueeze(0))[0].double(), dim=0)  # (K, H, W)
+            bits = sum(
+                -math.log2(float(probs[image[r, c], r, c])) for r in range(3) for c in range(2)
+            )
+            per_image.append(bits)
+    bits_per_image = split_bits_per_code(model, codes, None, batch=2) * 6
+    assert bits_per_image == pytest.approx(sum(per_image) / len(per_image), rel=1e-5)
