@@ -340,7 +340,10 @@ class StudySettings(Section):
         64.0, gt=0, description="KL target of the flat VAE, bits per image (its 2x4 code's)."
     )
     spatial_target_rate: float | None = Field(
-        320.0, gt=0, description="KL target of the spatial VAE, bits per image."
+        392.0, gt=0, description="KL target of the spatial VAE, bits per image."
+    )
+    spatial_rate_per_position: bool = Field(
+        True, description="Hold the spatial VAE's target per position (vae.rate_chunks)."
     )
     spatial_channels: int = Field(2, ge=1, description="Channels per position, spatial VAE.")
     equal_epochs: bool = Field(

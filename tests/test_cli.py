@@ -26,6 +26,7 @@ NO_FLAG = (
             "geodesic_codewords",
             "flat_target_rate",
             "spatial_target_rate",
+            "spatial_rate_per_position",
             "spatial_channels",
             "equal_epochs",
             "fsq",

@@ -63,23 +63,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "compare": {"sweep_k": "16,64,256,1024", "samples": 300},
     },
     # All of Fashion-MNIST (60,000 train, 10,000 test images; 480,000 flat latent chunks and
-    # 2.94 M spatial ones) in about an hour on 2 CPU cores. Budget from the default preset's
-    # measured speeds (README: ~450 training images/s for the VAEs and VQ-VAEs, ~770/s for
-    # decoder refits, ~2,000/s and ~500/s for 2x4 and 7x7 priors; k-means 17.8 s per restart
-    # at 480k points), at 60,000 images per epoch:
-    #   VAEs 3 epochs: flat 460 s + spatial 390 s;   VQ-VAEs 3 epochs: 2 x 400 s
-    #   refits 1 epoch: 4 x 80 s;   priors 2 epochs: 4 x 60 s (2x4) + 2 x 240 s (7x7)
-    #   extract 50 s; quantize (1 restart) ~260 s; sample ~30 s;
-    #   compare ~530 s (sweep K = 16, 64, 256 ~250 s, classifier ~120 s, samples ~100 s)
-    #   total ~3,550 s, about 59 minutes. With a GPU, use more epochs (the `full` preset).
+    # 2.94 M spatial ones) in about an hour on 2 CPU cores. Budget from measured speeds on 2
+    # free cores (~450 training images/s for VAEs and VQ-VAEs, ~770/s for decoder refits,
+    # ~2,000/s and ~500/s for 2x4 and 7x7 priors; k-means ~18 s per restart at 480k points),
+    # 60,000 images per epoch:
+    #   VAEs 2 epochs: 2 x 270 s;   VQ-VAEs 2 + 1 = 3 epochs (equal budget): 2 x 400 s
+    #   (no FSQ: 2 more models would cost 800 s);   refits 1 epoch: 6 x 80 s
+    #   priors 1 epoch: 6 x 30 s (2x4) + 2 x 120 s (7x7);   extract ~60 s; quantize ~300 s
+    #   (5 flat sources, spatial w2 on 2.94 M chunks); sample ~30 s; compare ~600 s (sweep
+    #   K = 16, 64, 256; classifier; 300 samples per source)
+    #   total ~3,300 s, about 55 minutes. With a GPU, use the `full` preset.
     "fashion": {
         "data": {"dataset": "fashion-mnist"},
-        "vae": {"epochs": 3},
-        "vqvae": {"epochs": 3},
+        "vae": {"epochs": 2},
         "refit": {"epochs": 1},
-        "prior": {"epochs": 2},
+        "prior": {"epochs": 1},
         "quantize": {"restarts": 1},
-        "study": {"spatial_metrics": ["w2"]},
+        "study": {"spatial_metrics": ["w2"], "fsq": False},
         "compare": {"sweep_k": "16,64,256", "samples": 300},
     },
     # For a GPU and the full datasets.
@@ -122,10 +122,14 @@ def plan(settings: Settings) -> list[Step]:
         steps.append(Step(key, family, stage.run, step_settings, sections, list(deps)))
 
     sources: list[tuple[str, str]] = []  # (source name, producer key)
+    trunk_h, trunk_w = trunk_grid(image_size(settings.data))
     latents = [(None, "flat", study.metrics, {"target_rate": study.flat_target_rate})]
     if study.spatial:
         spatial = {"target_rate": study.spatial_target_rate}
         spatial["spatial_channels"] = study.spatial_channels
+        # each position a chunk of the code, each held at its share of the rate
+        per_position = study.spatial_rate_per_position and study.spatial_target_rate
+        spatial["rate_chunks"] = trunk_h * trunk_w if per_position else None
         latents.append(("spatial", "spatial", study.spatial_metrics, spatial))
     for vae_name, layout, metrics, vae_options in latents:
         files = VaeFiles(vae_name)
@@ -156,7 +160,6 @@ def plan(settings: Settings) -> list[Step]:
                 )
                 producer = refit_decoder.stage_key(name)
             sources.append((f"quant/{name}", producer))
-    trunk_h, trunk_w = trunk_grid(image_size(settings.data))
     quantizers = ["vq", "fsq"] if study.fsq else ["vq"]
     for grid, quantizer in [(g, q) for g in study.vqvae_grids for q in quantizers]:
         grid = f"{trunk_h}x{trunk_w}" if grid == "trunk" else grid
