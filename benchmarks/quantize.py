@@ -55,6 +55,13 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--iters", type=int, default=300, help="k-means iteration cap, both (sklearn: max_iter)"
     )
+    parser.add_argument(
+        "--faiss-iters", type=int, default=100, help="faiss.Kmeans niter (a fixed count)"
+    )
+    parser.add_argument(
+        "--skip-torch", action="store_true", help="no torch-on-CPU k-means (the GPU path)"
+    )
+    parser.add_argument("--only", help="comma-separated k-means candidates to run (default all)")
     parser.add_argument("--part", choices=["all", "kmeans", "geodesic"], default="all")
     parser.add_argument("--knn", type=int, default=10, help="neighbours in the geodesic graph")
     parser.add_argument("--skip-dense", action="store_true", help="no dense reference")
@@ -102,46 +109,115 @@ def _describe_data(args: argparse.Namespace) -> str:
 
 
 def _benchmark_kmeans(args: argparse.Namespace, n: int) -> None:
+    """Every CPU k-means candidate on the same points, same K, iteration cap and seeds:
+    time, and inertia recomputed in float64 for all (ratios against scikit-learn)."""
+    import torch
+
+    points = load_points(args, n)
+    points_t = torch.from_numpy(points.astype(np.float32))
+    candidates = _kmeans_candidates(args)
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    inertia: dict[str, list[float]] = {name: [] for name in candidates}
+    iterations: dict[str, list[int]] = {name: [] for name in candidates}
+    for repeat in range(args.repeats):
+        for name, run in candidates.items():
+            started = time.perf_counter()
+            centers, iters = run(points_t, repeat)
+            seconds[name].append(time.perf_counter() - started)
+            inertia[name].append(_inertia(points, np.asarray(centers, dtype=np.float64)))
+            iterations[name].append(iters)
+    med = statistics.median
+    print(
+        f"\nW2 k-means, {n:,} points, K = {args.k}, at most {args.iters} iterations, "
+        f"median of {args.repeats}, {_threads()} threads:"
+    )
+    reference = "sklearn" if "sklearn" in candidates else next(iter(candidates))
+    reference_s, reference_inertia = med(seconds[reference]), med(inertia[reference])
+    for name in candidates:
+        ratios = np.array(inertia[name]) / np.array(inertia[reference])
+        print(
+            f"  {name:20} {med(seconds[name]):7.2f} s  inertia {med(inertia[name]):14,.1f}  "
+            f"iterations {med(iterations[name]):5g}  vs {reference}: time "
+            f"{med(seconds[name]) / reference_s:5.2f}, inertia "
+            f"{med(inertia[name]) / reference_inertia:.4f} (per-seed mean {ratios.mean():.4f})"
+        )
+
+
+def _kmeans_candidates(args: argparse.Namespace) -> dict:
+    """name -> run(points (N, F) float32 tensor, seed) -> (centers (K, F), iterations)."""
     import torch
     from sklearn.cluster import KMeans
 
     from geovq.quant.kmeans import kmeans
+    from geovq.quant.kmeans_torch import kmeans_torch
 
-    points = load_points(args, n)
-    points32, points_t = points.astype(np.float32), torch.from_numpy(points.astype(np.float32))
-    ours_s, ours_inertia, ours_iters, sk_s, sk_inertia, sk_iters = [], [], [], [], [], []
-    for repeat in range(args.repeats):
-        started = time.perf_counter()
-        result = kmeans(points_t, args.k, restarts=args.restarts, iters=args.iters, seed=repeat)
-        ours_s.append(time.perf_counter() - started)
-        ours_inertia.append(result.inertia)
-        ours_iters.append(result.iterations)
-        started = time.perf_counter()
-        reference = KMeans(
-            n_clusters=args.k, n_init=args.restarts, max_iter=args.iters, random_state=repeat
+    def ours(points, seed):
+        result = kmeans(points, args.k, restarts=args.restarts, iters=args.iters, seed=seed)
+        return result.centers.numpy(), result.iterations
+
+    def torch_cpu(points, seed):
+        result = kmeans_torch(
+            points, args.k, device="cpu", restarts=args.restarts, iters=args.iters, seed=seed
         )
-        reference.fit(points32)
-        sk_s.append(time.perf_counter() - started)
-        sk_inertia.append(_inertia(points, reference.cluster_centers_))
-        sk_iters.append(reference.n_iter_)
-    med = statistics.median
-    print(
-        f"\nW2 k-means, {n:,} points, K = {args.k}, at most {args.iters} iterations, "
-        f"median of {args.repeats}:"
-    )
-    print(
-        f"  ours     {med(ours_s):7.2f} s  inertia {med(ours_inertia):14,.1f}  "
-        f"iterations {med(ours_iters):g}"
-    )
-    print(
-        f"  sklearn  {med(sk_s):7.2f} s  inertia {med(sk_inertia):14,.1f}  "
-        f"iterations {med(sk_iters):g}"
-    )
-    print(
-        f"  ours / sklearn: time {med(ours_s) / med(sk_s):.2f}, "
-        f"inertia {med(ours_inertia) / med(sk_inertia):.4f} "
-        f"(mean of per-seed ratios {np.mean(np.array(ours_inertia) / sk_inertia):.4f})"
-    )
+        return result.centers.numpy(), result.iterations
+
+    def sklearn(points, seed):
+        model = KMeans(args.k, n_init=args.restarts, max_iter=args.iters, random_state=seed)
+        model.fit(points.numpy())
+        return model.cluster_centers_, int(model.n_iter_)
+
+    candidates = {"ours (numpy)": ours, "torch (cpu)": torch_cpu, "sklearn": sklearn}
+    if args.skip_torch:
+        del candidates["torch (cpu)"]
+    if args.only:
+        candidates = {k: v for k, v in candidates.items() if k in args.only.split(",")}
+    try:
+        import faiss
+    except ImportError:
+        print("  (faiss-cpu not installed: pip install faiss-cpu)")
+        return candidates
+
+    def faiss_fit(points, seed, init=None):
+        model = faiss.Kmeans(
+            points.shape[1],
+            args.k,
+            niter=args.faiss_iters,
+            nredo=args.restarts,
+            seed=seed + 1,
+            max_points_per_centroid=1 << 30,  # no subsampling
+            verbose=False,
+        )
+        model.train(np.ascontiguousarray(points.numpy()), init_centroids=init)
+        return model.centroids, args.faiss_iters
+
+    def faiss_seeded(points, seed):
+        from geovq.quant.kmeans import kmeans_plus_plus
+
+        seeds = kmeans_plus_plus(points, args.k, torch.Generator().manual_seed(seed))
+        return faiss_fit(points, seed, init=np.ascontiguousarray(seeds.numpy()))
+
+    def polished(polish_iters):
+        def run(points, seed):
+            centers, faiss_iters = faiss_fit(points, seed)
+            init = torch.from_numpy(centers)
+            result = kmeans(points, args.k, iters=polish_iters, seed=seed, init=init)
+            return result.centers.numpy(), faiss_iters + result.iterations
+
+        return run
+
+    candidates["faiss"] = faiss_fit
+    candidates["faiss from k-means++"] = faiss_seeded
+    candidates["faiss + 5 Lloyd"] = polished(5)
+    candidates[f"faiss + <={args.iters} Lloyd"] = polished(args.iters)
+    if args.only:
+        candidates = {k: v for k, v in candidates.items() if k in args.only.split(",")}
+    return candidates
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _inertia(points: np.ndarray, centers: np.ndarray) -> float:

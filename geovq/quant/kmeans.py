@@ -119,13 +119,15 @@ def kmeans(
     tol: float = 1e-4,
     seed: int = 0,
     device: torch.device | str | None = None,
+    init: Tensor | None = None,
 ) -> KMeansResult:
     """Lloyd k-means on (N, F) points; the restart with the lowest inertia wins.
 
     A restart stops when labels no longer change or the total squared center shift falls
     below `tol` times the mean per-feature variance (scikit-learn's convention). On the CPU
     (device None or "cpu") numpy with Hamerly's bounds; on another device the torch path
-    (geovq.quant.kmeans_torch). Centers and labels come back on the CPU.
+    (geovq.quant.kmeans_torch). Centers and labels come back on the CPU. `init` (K, F): one
+    run of Lloyd from these centers instead of k-means++ seeding (CPU path).
     """
     if points.ndim != 2:
         raise ValueError(f"kmeans needs (N, F) points, got shape {tuple(points.shape)}")
@@ -136,6 +138,8 @@ def kmeans(
         raise ValueError(f"iters must be >= 1, got {iters}")
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
+    if init is not None and tuple(init.shape) != (k, points.shape[1]):
+        raise ValueError(f"init must be ({k}, {points.shape[1]}), got {tuple(init.shape)}")
     if device is not None and torch.device(device).type != "cpu":
         from geovq.quant.kmeans_torch import kmeans_torch
 
@@ -148,9 +152,12 @@ def kmeans(
     x = x - offset  # centered data keeps |x|^2 - 2 x.c + |c|^2 accurate
     shift_tol = tol * float(x.var(0).mean())
     best: KMeansResult | None = None
-    for _ in range(restarts):
+    for _ in range(restarts if init is None else 1):
         with single_threaded_blas():
-            seeds = x[kmeans_plus_plus_indices(x, k, generator)]
+            if init is None:
+                seeds = x[kmeans_plus_plus_indices(x, k, generator)]
+            else:
+                seeds = init.detach().cpu().numpy().astype(np.float64) - offset
             centers, iterations = _lloyd(x, seeds, iters, shift_tol)
             labels, dist_sq = nearest_center_np(x, centers)
         inertia = float(dist_sq.sum())

@@ -106,3 +106,14 @@ def test_same_seed_same_result():
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         kmeans(torch.zeros(10, 3), **kwargs)
+
+
+def test_init_runs_lloyd_from_given_centers():
+    points = latent_like_points(1500, 9)
+    reference = KMeans(n_clusters=12, n_init=1, random_state=0).fit(points.numpy())
+    start = torch.from_numpy(reference.cluster_centers_)
+    result = kmeans(points, 12, init=start, iters=300, tol=0.0)
+    # Lloyd from a converged solution stays there (or improves it)
+    assert result.inertia <= reference.inertia_ * (1 + 1e-9)
+    with pytest.raises(ValueError, match="init must be"):
+        kmeans(points, 11, init=start)
