@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import typer
 from rich.markup import escape
 
-from geovq import Interrupted, __version__
+from geovq import Interrupted, __version__, distributed
 from geovq.progress import make_progress
 from geovq.settings import (
     TrainSettings,
@@ -265,12 +265,14 @@ def run_stage(
     presets: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Build settings, run the stage, print its result; every failure becomes one stderr line."""
-    progress = make_progress(bool(g.quiet), as_json=bool(g.json))
+    main_rank = distributed.is_main()  # under torchrun only rank 0 talks
+    progress = make_progress(bool(g.quiet) or not main_rank, as_json=bool(g.json))
     try:
         settings = load_settings(
             g.overrides, config=g.config, assignments=g.sets, origins=g.origins, presets=presets
         )
-        result = stage(settings, progress)
+        with distributed.session(settings.run_dir, settings.device) as run_dir:
+            result = stage(settings.model_copy(update={"run_dir": run_dir}), progress)
     except BaseException as error:  # noqa: BLE001 - the edge: one line for every failure
         progress.close()
         message, code = failure_line(error)
@@ -278,7 +280,8 @@ def run_stage(
             raise
         _fail(message, code)
     progress.close()
-    _print_result(result, as_json=bool(g.json))
+    if main_rank:
+        _print_result(result, as_json=bool(g.json))
 
 
 def failure_line(error: BaseException) -> tuple[str | None, int]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geovq import GeovqError, Interrupted
+from geovq import GeovqError, Interrupted, distributed
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.training_log import TrainingLog
@@ -80,14 +80,17 @@ def train(
     ``data`` are tensors on the model's device with one row per example; each batch is those
     rows, passed to ``step`` with a generator for any noise. A checkpoint is written after
     every epoch to ``checkpoint`` (a path inside the run directory); ``log`` gets each
-    epoch's record for the training curves.
+    epoch's record for the training curves. Under torchrun each rank
+    steps on its shard of every batch through DistributedDataParallel (geovq.distributed);
+    ``step``'s loss must be a mean over the batch's rows, as the logged terms are.
     """
     progress = progress or NullProgress()
     device = next(model.parameters()).device
     trainable = list(params) if params is not None else list(model.parameters())
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    noise_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 1))
+    step = distributed.ddp_step(model, step, partial=params is not None)
     result = TrainResult()
     if config.resume:
         result.resumed_from, result.history = load_checkpoint(
@@ -98,6 +101,7 @@ def train(
                 f"the checkpoint is at epoch {result.resumed_from}, past --epochs "
                 f"{config.epochs}; pass --epochs {result.resumed_from} or more"
             )
+        distributed.reseed_other_ranks(noise_gen, config.seed + 1 + result.resumed_from)
         progress.log(f"{label}: resuming after epoch {result.resumed_from}")
     if log is not None:
         log.begin(result.resumed_from, config.epochs)
@@ -113,18 +117,23 @@ def train(
             )
             started = time.perf_counter()
             totals: dict[str, float] = {}
-            for step_index, index in enumerate(batches(n, config.batch_size, shuffle_gen), 1):
+            for step_index, whole in enumerate(batches(n, config.batch_size, shuffle_gen), 1):
+                if len(whole) < distributed.world().size:
+                    continue  # a last batch too short to give every rank a row
+                index = distributed.shard(whole)
                 batch = [tensor[index.to(tensor.device)] for tensor in data]
                 with _autocast(device):
                     loss, terms = step(batch, noise_gen)
                 check_finite_loss(loss, label, epoch, step_index, config.lr)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # ranks' gradients are averaged: weigh each shard's mean by its share
+                (loss * (len(index) * distributed.world().size / len(whole))).backward()
                 optimizer.step()
                 for key, value in terms.items():
                     value = value.detach() if torch.is_tensor(value) else value
                     totals[key] = totals.get(key, 0.0) + value * len(index)
                 progress.advance(1, loss=float(loss.detach()))
+            totals = distributed.sum_over_ranks({k: float(v) for k, v in totals.items()}, device)
             elapsed = time.perf_counter() - started
             seen, busy = seen + n, busy + elapsed
             progress.finish()
