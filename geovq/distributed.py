@@ -1,32 +1,43 @@
 """Several processes under torchrun: the only module that knows about ranks.
 
-``torchrun --nproc-per-node N -m geovq train-vae ...`` starts N copies of a command. Every rank
-computes (each a disjoint shard of every batch, gradients averaged by PyTorch's
-DistributedDataParallel); rank 0 alone writes. The other ranks run the same stage code on a
-*shadow* of the run directory (a private folder of symlinks to the run's files), so whatever
-they would write lands there and is thrown away, and the run directory sees rank 0's writes
-only, through whatever commit path RunDir uses. Without torchrun (WORLD_SIZE unset or 1) every
-function here is a no-op and the code runs as a single process.
+``torchrun --nproc-per-node N -m geovq train-vae ...`` starts N copies of a command. For the
+training stages and ``extract`` every rank runs the same stage on the same run directory and
+computes (a disjoint shard of every batch; DistributedDataParallel averages the gradients), and
+rank 0 alone writes: the others hold a run directory that reads but never writes
+(``rundir.Peers``), and every commit waits for all ranks, so a rank that fails anywhere stops
+the command before anything lands. Every other command runs on rank 0 alone. Without torchrun
+(WORLD_SIZE unset or 1) every function here is a no-op and the code runs as one process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from geovq import GeovqError
+from geovq.rundir import FAULT_ENV, Peers, using_peers
+
+# How long a collective waits for a peer that is alive but does not answer; a peer that dies
+# is noticed at once (its sockets close). Longer than anything rank 0 does alone (a commit).
+TIMEOUT = timedelta(minutes=5)
+# GEOVQ_FAULT_INJECT=rank-1-fails: rank 1 fails after its work, just before the commit (tests).
+FAIL_POINT = "rank-{rank}-fails"
+
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the torchrun processes (rank 0 of 1 without torchrun)."""
+    """A process's place among the torchrun processes (rank 0 of 1 without torchrun)."""
 
     rank: int = 0
     size: int = 1
@@ -41,68 +52,97 @@ class World:
         return self.size > 1
 
 
-def world() -> World:
-    """The torchrun environment of this process."""
+def launched() -> World:
+    """What torchrun started this process as (its environment), whether or not it joined."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def is_main() -> bool:
-    return world().is_main
+def world() -> World:
+    """The process group this command computes in: torchrun's ranks inside ``session``, else
+    rank 0 of 1 (so a command that runs on rank 0 alone trains as one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), launched().local_rank)
+
+
+def run(stage: Callable[..., T], settings, progress, *, every_rank: bool) -> T | None:  # noqa: ANN001
+    """Run a stage under torchrun's ranks; the result on rank 0 (None on the others).
+
+    ``every_rank``: the stage shards its work (training, extract); otherwise rank 0 runs it
+    alone and the other ranks return at once.
+    """
+    here = launched()
+    if not here.distributed:
+        return stage(settings, progress)
+    if not every_rank:
+        if not here.is_main:
+            return None
+        progress.log(f"this command runs on rank 0 alone; the other {here.size - 1} exit")
+        return stage(settings, progress)
+    with session(settings.device):
+        result = stage(settings, progress)
+    return result if here.is_main else None
 
 
 @contextlib.contextmanager
-def session(run_dir: Path, device: str) -> Iterator[Path]:
-    """Join the process group for one command; yields the run directory this rank uses.
+def session(device: str) -> Iterator[World]:
+    """Join torchrun's process group for one command, rank 0 the run directory's only writer.
 
-    nccl on GPUs, gloo on CPUs (and when ranks share a GPU); each rank on GPU local_rank
-    modulo the GPUs present. Rank 0 gets `run_dir`, the others a shadow of it.
+    nccl when every rank has a GPU of its own, else gloo (CPUs, or ranks sharing a GPU; NCCL
+    refuses two ranks on one GPU); each rank on GPU local_rank modulo the GPUs present.
     """
-    here = world()
-    if not here.distributed:
-        yield run_dir
-        return
+    here = launched()
     use_cuda = device != "cpu" and torch.cuda.is_available()
     gpus = torch.cuda.device_count() if use_cuda else 0
     if use_cuda:
         torch.cuda.set_device(here.local_rank % gpus)
-    # NCCL refuses two ranks on one GPU; gloo carries CUDA tensors too, only slower
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", here.size))
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("nccl" if use_cuda and local_ranks <= gpus else "gloo")
-    shadow = None if here.is_main else Path(tempfile.mkdtemp(prefix=f"geovq-rank{here.rank}-"))
+    backend = "nccl" if use_cuda and local_ranks <= gpus else "gloo"
+    flag_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None
+    dist.init_process_group(backend, timeout=TIMEOUT)
     try:
-        if shadow is not None:
-            _mirror(Path(run_dir), shadow)
-        yield run_dir if shadow is None else shadow
-        dist.barrier()
+        with using_peers(_Ranks(here, flag_device or torch.device("cpu"))), _quiet_ddp():
+            yield world()
     finally:
-        if shadow is not None:
-            shutil.rmtree(shadow, ignore_errors=True)
-        if started:
+        with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
 
-def _mirror(source: Path, shadow: Path) -> None:
-    """Symlink every artifact of `source` into `shadow` (folders made real, hidden bookkeeping
-    left out): reads see the run's files, writes replace the links inside the shadow only."""
-    if not source.is_dir():
-        return
-    for path in source.rglob("*"):
-        relative = path.relative_to(source)
-        if any(part.startswith(".") for part in relative.parts):
-            continue  # the lock, staging folders, journals: rank 0's own bookkeeping
-        target = shadow / relative
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path.resolve())
+class _Ranks(Peers):
+    """rundir's view of the ranks: rank 0 writes; commits and stage starts are collective."""
+
+    def __init__(self, here: World, device: torch.device) -> None:
+        self.writes = here.is_main
+        self.rank = here.rank
+        self.device = device
+
+    def arrive(self) -> None:
+        if os.environ.get(FAULT_ENV) == FAIL_POINT.format(rank=self.rank):
+            raise GeovqError(f"rank {self.rank} failed on purpose ({FAULT_ENV})")
+        dist.barrier()
+
+    def tell(self, ok: bool) -> None:
+        dist.broadcast(torch.tensor([int(ok)], device=self.device), src=0)
+
+    def hear(self) -> bool:
+        flag = torch.zeros(1, dtype=torch.int64, device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
 
+@contextlib.contextmanager
+def _quiet_ddp() -> Iterator[None]:
+    # a 1x1 convolution's weight has size-1 dimensions whose strides mean nothing, yet DDP
+    # warns that they differ from its bucket's; the layout is the same, so say nothing
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+        yield
+
+
+# -- training ----------------------------------------------------------------------------------
 def shard(index: torch.Tensor) -> torch.Tensor:
     """This rank's rows of one batch of indices (every size-th, from its rank)."""
     here = world()
@@ -121,18 +161,47 @@ def reseed_other_ranks(generator: torch.Generator, seed: int) -> None:
         generator.manual_seed(rank_seed(seed))
 
 
+def shard_weight(rows: int, batch_rows: int) -> float:
+    """The factor on a shard's mean loss so that DDP's average of the ranks' gradients is the
+    gradient of the whole batch's mean (shards may differ by a row)."""
+    return rows * world().size / batch_rows
+
+
+def batch_means(
+    values: dict[str, torch.Tensor], rows: int, batch_rows: int
+) -> dict[str, torch.Tensor]:
+    """Per-shard means (scalars or small tensors) -> means over the whole batch, every rank
+    the same: one all-reduce under torchrun, the values themselves in one process."""
+    if not world().distributed or not values:
+        return values
+    keys = sorted(values)
+    device = next(v.device for v in values.values() if torch.is_tensor(v))
+    parts = [torch.as_tensor(values[k], device=device).detach().float() for k in keys]
+    flat = torch.cat([part.reshape(-1) for part in parts]) * (rows / batch_rows)
+    dist.all_reduce(flat)
+    pieces = flat.split([part.numel() for part in parts])
+    shaped = [piece.reshape(part.shape) for piece, part in zip(pieces, parts, strict=True)]
+    return dict(zip(keys, shaped, strict=True))
+
+
 def ddp_step(model: nn.Module, step: Callable, partial: bool) -> Callable:
     """`step` (batch, generator) -> (loss, terms) run through DistributedDataParallel, so the
     backward pass averages gradients over ranks. `partial`: only some parameters are trained
     (the rest still require gradients), which DDP must be told."""
     if not world().distributed:
         return step
-    wrapped = DistributedDataParallel(_StepModule(model, step), find_unused_parameters=partial)
+    module = _StepModule(model, step)
+    device = next(module.parameters()).device
+    wrapped = nn.parallel.DistributedDataParallel(
+        module,
+        device_ids=[device] if device.type == "cuda" else None,
+        find_unused_parameters=partial,
+    )
     return lambda batch, generator: wrapped(batch, generator)
 
 
 class _StepModule(nn.Module):
-    """A step as a module's forward, so DDP's forward hooks see the whole computation."""
+    """A step as a module's forward, so DDP's hooks see the whole computation."""
 
     def __init__(self, model: nn.Module, step: Callable) -> None:
         super().__init__()
@@ -143,26 +212,10 @@ class _StepModule(nn.Module):
         return self.step(batch, generator)
 
 
-def DistributedDataParallel(module: nn.Module, find_unused_parameters: bool):  # noqa: N802
-    device = next(module.parameters()).device
-    return nn.parallel.DistributedDataParallel(
-        module,
-        device_ids=[device] if device.type == "cuda" else None,
-        find_unused_parameters=find_unused_parameters,
-    )
-
-
-def sum_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Each key summed over all ranks (the values themselves in a single process)."""
-    if not world().distributed or not values:
-        return values
-    keys = sorted(values)
-    total = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return dict(zip(keys, total.tolist(), strict=True))
-
-
-def map_batches(fn: Callable[[int, int], Sequence[torch.Tensor]], n: int, batch_size: int):
+# -- work split by batches ---------------------------------------------------------------------
+def map_batches(
+    fn: Callable[[int, int], Sequence[torch.Tensor]], n: int, batch_size: int
+) -> list[torch.Tensor]:
     """fn(start, stop) over the batches of range(n), batches dealt round-robin to the ranks,
     results (CPU tensors) gathered on every rank in batch order: the concatenation per output
     equals a single process's."""
@@ -179,3 +232,32 @@ def map_batches(fn: Callable[[int, int], Sequence[torch.Tensor]], n: int, batch_
     if not ordered:
         return []
     return [torch.cat([outputs[i] for outputs in ordered]) for i in range(len(ordered[0]))]
+
+
+# -- failures ----------------------------------------------------------------------------------
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+_PEER_SILENT = ("Timed out", "timed out", "Timeout")
+
+
+def describe_collective_failure(error: BaseException) -> str | None:
+    """One line for a collective that failed because another rank stopped or stopped
+    answering (gloo/NCCL raise RuntimeError with the transport's text), else None."""
+    if not isinstance(error, RuntimeError) or not launched().distributed:
+        return None
+    text = str(error)
+    gone = next((marker for marker in _PEER_GONE if marker in text), None)
+    silent = next((marker for marker in _PEER_SILENT if marker in text), None)
+    if gone:
+        why = f"another process of this torchrun command stopped ({gone}; its own line says why)"
+    elif silent:
+        seconds = int(TIMEOUT.total_seconds())
+        why = f"another process of this torchrun command did not answer within {seconds} s"
+    else:
+        return None
+    return f"{why}; rank 0 commits a stage only once every rank has finished it"
+
+
+def tag(line: str) -> str:
+    """An error line as this rank prints it: ranks other than 0 say who they are."""
+    here = launched()
+    return f"rank {here.rank}/{here.size}: {line}" if here.rank > 0 else line

@@ -21,11 +21,14 @@ from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.training_log import TrainingLog
 
-# A step returns the loss to minimise and the terms to log (tensors, averaged over the epoch).
+# A step returns the loss to minimise and the terms to log (tensors, averaged over the epoch);
+# a term whose name starts with "_" is not logged, only handed to ``on_step_end``.
 StepFn = Callable[
     [Sequence[torch.Tensor], torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]
 ]
 EvalFn = Callable[[], dict[str, float]]
+STEP_LOSS = " loss"  # the step's loss among its terms while they are averaged (no term's name)
+UNLOGGED = "_"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,6 +76,7 @@ def train(
     progress: NullProgress | None = None,
     label: str = "train",
     on_epoch_end: Callable[[int], None] | None = None,
+    on_step_end: Callable[[dict[str, torch.Tensor]], None] | None = None,
     log: TrainingLog | None = None,
 ) -> TrainResult:
     """Adam over ``params`` (default: all of the model's) for ``config.epochs`` epochs.
@@ -80,9 +84,10 @@ def train(
     ``data`` are tensors on the model's device with one row per example; each batch is those
     rows, passed to ``step`` with a generator for any noise. A checkpoint is written after
     every epoch to ``checkpoint`` (a path inside the run directory); ``log`` gets each
-    epoch's record for the training curves. Under torchrun each rank
-    steps on its shard of every batch through DistributedDataParallel (geovq.distributed);
-    ``step``'s loss must be a mean over the batch's rows, as the logged terms are.
+    epoch's record for the training curves; ``on_step_end`` each step's terms, as means over
+    the whole batch. Under torchrun each rank steps on its shard of every batch through
+    DistributedDataParallel (geovq.distributed), so ``step``'s loss and terms must be means
+    over the batch's rows; the terms are averaged over the ranks every step.
     """
     progress = progress or NullProgress()
     device = next(model.parameters()).device
@@ -91,6 +96,7 @@ def train(
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 1))
     step = distributed.ddp_step(model, step, partial=params is not None)
+    log = log if run_dir.writes else None  # the curves are rank 0's to write
     result = TrainResult()
     if config.resume:
         result.resumed_from, result.history = load_checkpoint(
@@ -116,7 +122,8 @@ def train(
                 total=(n + config.batch_size - 1) // config.batch_size,
             )
             started = time.perf_counter()
-            totals: dict[str, float] = {}
+            totals: dict[str, Any] = {}
+            rows = 0
             for step_index, whole in enumerate(batches(n, config.batch_size, shuffle_gen), 1):
                 if len(whole) < distributed.world().size:
                     continue  # a last batch too short to give every rank a row
@@ -124,22 +131,28 @@ def train(
                 batch = [tensor[index.to(tensor.device)] for tensor in data]
                 with _autocast(device):
                     loss, terms = step(batch, noise_gen)
-                check_finite_loss(loss, label, epoch, step_index, config.lr)
+                means = distributed.batch_means({STEP_LOSS: loss, **terms}, len(index), len(whole))
+                means = {key: _detached(value) for key, value in means.items()}
+                batch_loss = means.pop(STEP_LOSS)
+                # every rank sees the same batch loss, so a non-finite one stops them all
+                check_finite_loss(batch_loss, label, epoch, step_index, config.lr)
                 optimizer.zero_grad(set_to_none=True)
-                # ranks' gradients are averaged: weigh each shard's mean by its share
-                (loss * (len(index) * distributed.world().size / len(whole))).backward()
+                (loss * distributed.shard_weight(len(index), len(whole))).backward()
                 optimizer.step()
-                for key, value in terms.items():
-                    value = value.detach() if torch.is_tensor(value) else value
-                    totals[key] = totals.get(key, 0.0) + value * len(index)
-                progress.advance(1, loss=float(loss.detach()))
-            totals = distributed.sum_over_ranks({k: float(v) for k, v in totals.items()}, device)
+                if on_step_end is not None:
+                    on_step_end(means)
+                for key, value in means.items():
+                    if not key.startswith(UNLOGGED):
+                        totals[key] = totals.get(key, 0.0) + value * len(whole)
+                rows += len(whole)
+                progress.advance(1, loss=float(batch_loss))
             elapsed = time.perf_counter() - started
             seen, busy = seen + n, busy + elapsed
             progress.finish()
             model.eval()
             with torch.no_grad():
-                record = {"epoch": epoch, **{f"train_{k}": float(v) / n for k, v in totals.items()}}
+                record = {"epoch": epoch}
+                record.update({f"train_{k}": float(v) / rows for k, v in totals.items()})
                 record.update(evaluate())
             record["images_per_s"] = n / elapsed
             result.history.append(record)
@@ -170,6 +183,10 @@ def train(
     result.images_per_s = seen / busy if busy else 0.0
     model.eval()
     return result
+
+
+def _detached(value: Any) -> Any:
+    return value.detach() if torch.is_tensor(value) else value
 
 
 def check_finite_loss(loss: torch.Tensor, label: str, epoch: int, step: int, lr: float) -> None:
