@@ -186,8 +186,8 @@ def batch_means(
 
 def ddp_step(model: nn.Module, step: Callable, partial: bool) -> Callable:
     """`step` (batch, generator) -> (loss, terms) run through DistributedDataParallel, so the
-    backward pass averages gradients over ranks. `partial`: only some parameters are trained
-    (the rest still require gradients), which DDP must be told."""
+    backward pass averages gradients over ranks. `partial`: some parameters that require
+    gradients are not trained (and may get none), which DDP must be told."""
     if not world().distributed:
         return step
     module = _StepModule(model, step)

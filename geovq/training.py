@@ -95,7 +95,9 @@ def train(
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 1))
-    step = distributed.ddp_step(model, step, partial=params is not None)
+    trained = {id(p) for p in trainable}
+    untrained_with_grads = any(p.requires_grad and id(p) not in trained for p in model.parameters())
+    step = distributed.ddp_step(model, step, partial=untrained_with_grads)
     log = log if run_dir.writes else None  # the curves are rank 0's to write
     result = TrainResult()
     if config.resume:
