@@ -186,10 +186,14 @@ def batch_means(
 
 def ddp_step(model: nn.Module, step: Callable, partial: bool) -> Callable:
     """`step` (batch, generator) -> (loss, terms) run through DistributedDataParallel, so the
-    backward pass averages gradients over ranks. `partial`: some parameters that require
-    gradients are not trained (and may get none), which DDP must be told."""
+    backward pass averages gradients over ranks, and modules that gather statistics of the
+    batch (``share_statistics``) gather the whole batch's. `partial`: some parameters that
+    require gradients are not trained (and may get none), which DDP must be told."""
     if not world().distributed:
         return step
+    for part in model.modules():  # statistics of a batch (a VQ codebook's) over all shards
+        if hasattr(part, "share_statistics"):
+            part.share_statistics(sum_tensor, from_rank_zero)
     module = _StepModule(model, step)
     device = next(module.parameters()).device
     wrapped = nn.parallel.DistributedDataParallel(
@@ -210,6 +214,21 @@ class _StepModule(nn.Module):
 
     def forward(self, batch, generator):  # noqa: ANN001, ANN201
         return self.step(batch, generator)
+
+
+def sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor summed over the ranks (in place; itself in one process): statistics that a
+    model gathers from its shard of the batch, e.g. a VQ codebook's EMA counts and sums."""
+    if world().distributed:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def from_rank_zero(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's tensor on every rank (in place; itself in one process)."""
+    if world().distributed:
+        dist.broadcast(tensor, src=0)
+    return tensor
 
 
 # -- work split by batches ---------------------------------------------------------------------
