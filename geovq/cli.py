@@ -593,4 +593,8 @@ def config_init_command(g: Globals) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        distributed.exit_process(done.code)  # after torchrun, skip torch's shutdown
+        raise

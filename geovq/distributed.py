@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ TIMEOUT = timedelta(minutes=5)
 FAIL_POINT = "rank-{rank}-fails"
 
 T = TypeVar("T")
+_joined = False  # this process joined torchrun's process group (see exit_process)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ def session(device: str) -> Iterator[World]:
     backend = "nccl" if use_cuda and local_ranks <= gpus else "gloo"
     flag_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None
     dist.init_process_group(backend, timeout=TIMEOUT)
+    global _joined
+    _joined = True
     try:
         with using_peers(_Ranks(here, flag_device or torch.device("cpu"))), _quiet_ddp():
             yield world()
@@ -140,6 +144,23 @@ def _quiet_ddp() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
         yield
+
+
+def exit_process(code: int | str | None) -> None:
+    """End a process that joined torchrun's group at once, output flushed (else return).
+
+    With DDP the process group's gloo threads outlive ``destroy_process_group`` (torch 2.14);
+    one of them may drop the last collective's tensor while Python shuts down, and its wait
+    for the GIL aborts the process ("terminate called without an active exception", SIGABRT)
+    after the command's work is done, about 1 run in 25 here, and torchrun then reports the
+    command as failed. The run directory is written and synced by then; nothing is lost.
+    """
+    if not _joined:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 # -- training ----------------------------------------------------------------------------------
