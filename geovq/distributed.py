@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,10 @@ from torch import nn
 
 from geovq import GeovqError
 from geovq.rundir import FAULT_ENV, Peers, using_peers
+
+if TYPE_CHECKING:
+    from geovq.progress import NullProgress
+    from geovq.settings import Settings
 
 # How long a collective waits for a peer that is alive but does not answer; a peer that dies
 # is noticed at once (its sockets close). Longer than anything rank 0 does alone (a commit).
@@ -70,7 +74,9 @@ def world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), launched().local_rank)
 
 
-def run(stage: Callable[..., T], settings, progress, *, every_rank: bool) -> T | None:  # noqa: ANN001
+def run(
+    stage: Callable[..., T], settings: Settings, progress: NullProgress, *, every_rank: bool
+) -> T | None:
     """Run a stage under torchrun's ranks; the result on rank 0 (None on the others).
 
     ``every_rank``: the stage shards its work (training, extract); otherwise rank 0 runs it
@@ -82,7 +88,10 @@ def run(stage: Callable[..., T], settings, progress, *, every_rank: bool) -> T |
     if not every_rank:
         if not here.is_main:
             return None
-        progress.log(f"this command runs on rank 0 alone; the other {here.size - 1} exit")
+        progress.log(
+            f"under torchrun this command does not split its work: rank 0 runs it alone, "
+            f"the other {here.size - 1} processes exit"
+        )
         return stage(settings, progress)
     with session(settings.device):
         result = stage(settings, progress)
