@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import typer
 from rich.markup import escape
 
-from geovq import Interrupted, __version__
+from geovq import Interrupted, __version__, distributed
 from geovq.progress import make_progress
 from geovq.settings import (
     TrainSettings,
@@ -263,14 +263,18 @@ def run_stage(
     g: Globals,
     stage: Callable[..., StageResult],
     presets: dict[str, dict[str, Any]] | None = None,
+    every_rank: bool = False,
 ) -> None:
-    """Build settings, run the stage, print its result; every failure becomes one stderr line."""
-    progress = make_progress(bool(g.quiet), as_json=bool(g.json))
+    """Build settings, run the stage, print its result; every failure becomes one stderr line.
+    Under torchrun only rank 0 talks; ``every_rank``: the stage shares its work out to the
+    ranks (else rank 0 runs it alone)."""
+    quiet = bool(g.quiet) or not distributed.launched().is_main
+    progress = make_progress(quiet, as_json=bool(g.json))
     try:
         settings = load_settings(
             g.overrides, config=g.config, assignments=g.sets, origins=g.origins, presets=presets
         )
-        result = stage(settings, progress)
+        result = distributed.run(stage, settings, progress, every_rank=every_rank)
     except BaseException as error:  # noqa: BLE001 - the edge: one line for every failure
         progress.close()
         message, code = failure_line(error)
@@ -278,7 +282,8 @@ def run_stage(
             raise
         _fail(message, code)
     progress.close()
-    _print_result(result, as_json=bool(g.json))
+    if result is not None:
+        _print_result(result, as_json=bool(g.json))
 
 
 def failure_line(error: BaseException) -> tuple[str | None, int]:
@@ -295,7 +300,7 @@ def failure_line(error: BaseException) -> tuple[str | None, int]:
 def _fail(message: str, code: int) -> None:
     if os.environ.get("GEOVQ_DEBUG") == "1":
         raise
-    line = " ".join(message.split())
+    line = distributed.tag(" ".join(message.split()))
     print(f"geovq: error: {line}", file=sys.stderr)
     raise typer.Exit(code)
 
@@ -371,7 +376,7 @@ def train_vae_command(
     """Train the continuous convolutional VAE."""
     from geovq.stages import train_vae
 
-    run_stage(g, train_vae.run)
+    run_stage(g, train_vae.run, every_rank=True)
 
 
 @command("extract")
@@ -392,7 +397,7 @@ def extract_command(
 
     if as_name is None and g.overrides.get("data"):
         _fail("--dataset and other data options need --as NAME with extract", EXIT_USER_ERROR)
-    run_stage(g, extract.run)
+    run_stage(g, extract.run, every_rank=True)
 
 
 @command("quantize")
@@ -435,7 +440,7 @@ def refit_decoder_command(
     """Fine-tune the VAE decoder on a post-hoc quantization's fixed codes."""
     from geovq.stages import refit_decoder
 
-    run_stage(g, refit_decoder.run)
+    run_stage(g, refit_decoder.run, every_rank=True)
 
 
 @command("train-vqvae")
@@ -469,7 +474,7 @@ def train_vqvae_command(
     """Train the end-to-end VQ-VAE baseline on the run's data and trunks."""
     from geovq.stages import train_vqvae
 
-    run_stage(g, train_vqvae.run)
+    run_stage(g, train_vqvae.run, every_rank=True)
 
 
 @command("train-prior")
@@ -488,7 +493,7 @@ def train_prior_command(
     """Train a gated PixelCNN prior over a source's code grids."""
     from geovq.stages import train_prior
 
-    run_stage(g, train_prior.run)
+    run_stage(g, train_prior.run, every_rank=True)
 
 
 @command("sample")
@@ -588,4 +593,8 @@ def config_init_command(g: Globals) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        distributed.exit_process(done.code)  # after torchrun, skip torch's shutdown
+        raise

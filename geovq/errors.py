@@ -1,11 +1,12 @@
 """Failures outside geovq's own checks, described in one line: the filesystem (read-only, no
-space, permissions), memory, and settings sources. The CLI's edge uses this; a failure it does
-not know is a bug and keeps its traceback.
+space, permissions), memory, settings sources, another torchrun process stopping. The CLI's
+edge uses this; a failure it does not know is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 from geovq import GeovqError
+from geovq.distributed import describe_collective_failure
 from geovq.rundir import os_error_message
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "bad_alloc")
@@ -23,6 +24,9 @@ def describe_failure(error: BaseException) -> str | None:
             f"({_first_line(error)}); use smaller sizes (--n, --samples, --batch-size, --k, "
             "--hidden, --latent-dim) or another --device"
         )
+    collective = describe_collective_failure(error)
+    if collective is not None:
+        return collective
     settings_error = _settings_error(error)
     if settings_error is not None:
         return settings_error

@@ -7,11 +7,16 @@ installs the new manifest. The journal is the commit point: a failure or a kill 
 leaves the previous state; after it, the next stage that takes the lock finishes the moves.
 Staging folders of dead processes (their holder lock is free) are removed by the next stage,
 which says so.
+
+Several processes may run one stage together (torchrun): ``Peers`` says whether this one
+writes; the others read the same run directory and write nothing, and starts and commits wait
+for all of them (``geovq.distributed`` provides the ranks; this module knows none).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import functools
@@ -46,6 +51,61 @@ STAGING = ".staging"
 METADATA_KEY = "geovq"
 FAULT_ENV = "GEOVQ_FAULT_INJECT"  # test hook: kill -9 this process at a named commit step
 _OLD_TMP = re.compile(r"^\..+\.tmp$")
+
+
+# -- who writes --------------------------------------------------------------------------------
+class Peers:
+    """The other processes running the same stage, as the run directory sees them. Alone (the
+    default) this process writes and nothing waits. With peers, one process writes (``writes``)
+    and the others compute the same stage without writing; ``arrive`` waits until every
+    process got to a commit (a peer that failed raises there), ``tell`` / ``hear`` pass the
+    writer's outcome of a start or a commit to the others."""
+
+    writes = True
+
+    def arrive(self) -> None:
+        """Wait until every process has reached this point."""
+
+    def tell(self, ok: bool) -> None:
+        """The writer: tell the others whether its step worked."""
+
+    def hear(self) -> bool:
+        """The others: whether the writer's step worked."""
+        return True
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A step the writer does alone, then tells the others how it went."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # the peers may be gone already
+                self.tell(False)
+            raise
+        self.tell(True)
+
+    def await_writer(self, step: str) -> None:
+        """The others: wait for the writer's step; its failure (its own line says why) is ours."""
+        if not self.hear():
+            raise GeovqError(f"rank 0 could not {step}; its error line says why")
+
+
+_ALONE = Peers()
+_peers: contextvars.ContextVar[Peers | None] = contextvars.ContextVar("geovq_peers", default=None)
+
+
+@contextlib.contextmanager
+def using_peers(peers: Peers) -> Iterator[None]:
+    """Run directories opened inside see ``peers`` (``geovq.distributed.session``)."""
+    token = _peers.set(peers)
+    try:
+        yield
+    finally:
+        _peers.reset(token)
+
+
+def current_peers() -> Peers:
+    return _peers.get() or _ALONE
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -268,6 +328,12 @@ class RunDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._digests: dict[tuple[str, int, int], str] = {}
+        self.peers = current_peers()
+
+    @property
+    def writes(self) -> bool:
+        """False in a process that computes a stage beside the writer and writes nothing."""
+        return self.peers.writes
 
     def file(self, relpath: str) -> Path:
         return self.path / relpath
@@ -300,7 +366,10 @@ class RunDir:
         self, relpath: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Atomically write a safetensors file in place (checkpoints: outside any stage's
-        commit, so a kill keeps the last one); returns its sha256 and tensor shapes."""
+        commit, so a kill keeps the last one); returns its sha256 and tensor shapes (none in
+        a process that does not write)."""
+        if not self.writes:
+            return _unwritten_info(tensors)
         data = tensors_bytes(tensors, metadata)
         atomic_write_bytes(self.file(relpath), data)
         return _file_info(data, tensors)
@@ -363,6 +432,8 @@ class RunDir:
 
     def record(self, record: StageRecord) -> None:
         """Add or replace one stage's record directly (no staged outputs), under the lock."""
+        if not self.writes:
+            return
         with self.lock():
             manifest = self.manifest()
             manifest["schema_version"] = SCHEMA_VERSION
@@ -386,7 +457,16 @@ class RunDir:
             os.close(fd)  # closing releases the lock
 
     def begin(self, key: str) -> Transaction:
-        """Start a stage that will write ``key``: validate the manifest and claim the key."""
+        """Start a stage that will write ``key``: validate the manifest and claim the key. With
+        peers, the writer does that first and the others then read what it left."""
+        if not self.writes:
+            self.peers.await_writer(f"start {key}")
+            base = self.manifest()["stages"].get(key) if self.path.is_dir() else None
+            return Transaction(self, key, base=base, notes=[])
+        with self.peers.writing():
+            return self._begin(key)
+
+    def _begin(self, key: str) -> Transaction:
         if not self.path.is_dir():
             if self.path.exists():
                 raise GeovqError(f"--run-dir {self.path} is a file; pass a directory")
@@ -434,6 +514,11 @@ def _file_info(data: bytes, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+def _unwritten_info(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What a process that does not write knows of an output: its shapes."""
+    return {"sha256": "", "shapes": {name: list(t.shape) for name, t in tensors.items()}}
+
+
 def read_file(path: Path) -> bytes:
     """The file's bytes; a directory or unreadable file is one clear line."""
     try:
@@ -473,12 +558,17 @@ class Transaction:
         """Where an output is written while the stage runs."""
         if not _inside(relpath):
             raise GeovqError(f"output {relpath!r} would leave the run directory")
+        if not self.run_dir.writes:
+            raise RuntimeError(f"{relpath}: a stage that writes files by path runs on rank 0 alone")
         self.claim()
         path = self.folder / "files" / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def write_bytes(self, relpath: str, data: bytes) -> dict[str, Any]:
+        if not self.run_dir.writes:
+            self.outputs[relpath] = {"sha256": ""}
+            return self.outputs[relpath]
         _write_synced(self.staged(relpath), data)
         self.outputs[relpath] = {"sha256": hashlib.sha256(data).hexdigest()}
         return self.outputs[relpath]
@@ -491,14 +581,28 @@ class Transaction:
     def save_tensors(
         self, relpath: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]
     ) -> dict[str, Any]:
+        if not self.run_dir.writes:
+            self.outputs[relpath] = _unwritten_info(tensors)
+            return self.outputs[relpath]
         data = tensors_bytes(tensors, metadata)
         _write_synced(self.staged(relpath), data)
         self.outputs[relpath] = _file_info(data, tensors)
         return self.outputs[relpath]
 
     def commit(self, record: StageRecord) -> None:
-        """Move every staged output into place and record the stage, all or nothing."""
+        """Move every staged output into place and record the stage, all or nothing. With
+        peers, only once every one of them got here (a failed peer stops it before anything
+        moves), and they hear whether it landed."""
         record.outputs = self.outputs
+        peers = self.run_dir.peers
+        peers.arrive()
+        if not peers.writes:
+            peers.await_writer(f"commit {self.key}")
+            return
+        with peers.writing():
+            self._commit(record)
+
+    def _commit(self, record: StageRecord) -> None:
         with self.run_dir.lock() as notes:
             self.notes += notes
             manifest = self.run_dir.manifest()

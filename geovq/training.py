@@ -16,16 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from geovq import GeovqError, Interrupted
+from geovq import GeovqError, Interrupted, distributed
 from geovq.progress import NullProgress
 from geovq.rundir import RunDir
 from geovq.training_log import TrainingLog
 
-# A step returns the loss to minimise and the terms to log (tensors, averaged over the epoch).
+# A step returns the loss to minimise and the terms to log (tensors, averaged over the epoch);
+# a term whose name starts with "_" is not logged, only handed to ``on_step_end``.
 StepFn = Callable[
     [Sequence[torch.Tensor], torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]
 ]
 EvalFn = Callable[[], dict[str, float]]
+STEP_LOSS = " loss"  # the step's loss among its terms while they are averaged (no term's name)
+UNLOGGED = "_"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,6 +76,7 @@ def train(
     progress: NullProgress | None = None,
     label: str = "train",
     on_epoch_end: Callable[[int], None] | None = None,
+    on_step_end: Callable[[dict[str, torch.Tensor]], None] | None = None,
     log: TrainingLog | None = None,
 ) -> TrainResult:
     """Adam over ``params`` (default: all of the model's) for ``config.epochs`` epochs.
@@ -80,14 +84,21 @@ def train(
     ``data`` are tensors on the model's device with one row per example; each batch is those
     rows, passed to ``step`` with a generator for any noise. A checkpoint is written after
     every epoch to ``checkpoint`` (a path inside the run directory); ``log`` gets each
-    epoch's record for the training curves.
+    epoch's record for the training curves; ``on_step_end`` each step's terms, as means over
+    the whole batch. Under torchrun each rank steps on its shard of every batch through
+    DistributedDataParallel (geovq.distributed), so ``step``'s loss and terms must be means
+    over the batch's rows; the terms are averaged over the ranks every step.
     """
     progress = progress or NullProgress()
     device = next(model.parameters()).device
     trainable = list(params) if params is not None else list(model.parameters())
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    noise_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 1))
+    trained = {id(p) for p in trainable}
+    untrained_with_grads = any(p.requires_grad and id(p) not in trained for p in model.parameters())
+    step = distributed.ddp_step(model, step, partial=untrained_with_grads)
+    log = log if run_dir.writes else None  # the curves are rank 0's to write
     result = TrainResult()
     if config.resume:
         result.resumed_from, result.history = load_checkpoint(
@@ -98,6 +109,7 @@ def train(
                 f"the checkpoint is at epoch {result.resumed_from}, past --epochs "
                 f"{config.epochs}; pass --epochs {result.resumed_from} or more"
             )
+        distributed.reseed_other_ranks(noise_gen, config.seed + 1 + result.resumed_from)
         progress.log(f"{label}: resuming after epoch {result.resumed_from}")
     if log is not None:
         log.begin(result.resumed_from, config.epochs)
@@ -112,25 +124,37 @@ def train(
                 total=(n + config.batch_size - 1) // config.batch_size,
             )
             started = time.perf_counter()
-            totals: dict[str, float] = {}
-            for step_index, index in enumerate(batches(n, config.batch_size, shuffle_gen), 1):
+            totals: dict[str, Any] = {}
+            rows = 0
+            for step_index, whole in enumerate(batches(n, config.batch_size, shuffle_gen), 1):
+                if len(whole) < distributed.world().size:
+                    continue  # a last batch too short to give every rank a row
+                index = distributed.shard(whole)
                 batch = [tensor[index.to(tensor.device)] for tensor in data]
                 with _autocast(device):
                     loss, terms = step(batch, noise_gen)
-                check_finite_loss(loss, label, epoch, step_index, config.lr)
+                means = distributed.batch_means({STEP_LOSS: loss, **terms}, len(index), len(whole))
+                means = {key: _detached(value) for key, value in means.items()}
+                batch_loss = means.pop(STEP_LOSS)
+                # every rank sees the same batch loss, so a non-finite one stops them all
+                check_finite_loss(batch_loss, label, epoch, step_index, config.lr)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * distributed.shard_weight(len(index), len(whole))).backward()
                 optimizer.step()
-                for key, value in terms.items():
-                    value = value.detach() if torch.is_tensor(value) else value
-                    totals[key] = totals.get(key, 0.0) + value * len(index)
-                progress.advance(1, loss=float(loss.detach()))
+                if on_step_end is not None:
+                    on_step_end(means)
+                for key, value in means.items():
+                    if not key.startswith(UNLOGGED):
+                        totals[key] = totals.get(key, 0.0) + value * len(whole)
+                rows += len(whole)
+                progress.advance(1, loss=float(batch_loss))
             elapsed = time.perf_counter() - started
             seen, busy = seen + n, busy + elapsed
             progress.finish()
             model.eval()
             with torch.no_grad():
-                record = {"epoch": epoch, **{f"train_{k}": float(v) / n for k, v in totals.items()}}
+                record = {"epoch": epoch}
+                record.update({f"train_{k}": float(v) / rows for k, v in totals.items()})
                 record.update(evaluate())
             record["images_per_s"] = n / elapsed
             result.history.append(record)
@@ -161,6 +185,10 @@ def train(
     result.images_per_s = seen / busy if busy else 0.0
     model.eval()
     return result
+
+
+def _detached(value: Any) -> Any:
+    return value.detach() if torch.is_tensor(value) else value
 
 
 def check_finite_loss(loss: torch.Tensor, label: str, epoch: int, step: int, lr: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -153,13 +154,20 @@ def _validate_quantizer(update: str, ema_decay: float, dead_code_restart: int) -
         raise ValueError(f"dead_code_restart must be >= 0 (0 disables), got {dead_code_restart}")
 
 
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    """One process: its shard is the whole batch."""
+    return tensor
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-codeword bottleneck (M, C) -> (M, C) with a straight-through gradient.
 
     ``update="loss"`` trains the codebook by the codebook loss ||sg[z_e] - e||^2; ``"ema"`` by
     exponential moving averages of cluster counts and sums (the paper's appendix A.1), with no
     codebook loss. ``dead_code_restart=N`` re-seeds a codeword unused for N training steps from a
-    random encoder output of the batch. Both updates run only in training mode.
+    random encoder output of the batch. Both updates run only in training mode; when several
+    processes each quantize a shard of the batch, ``share_statistics`` makes them the whole
+    batch's.
     """
 
     def __init__(
@@ -193,6 +201,19 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("cluster_size", torch.ones(k))
             self.register_buffer("embed_sum", initial.clone())
         self.register_buffer("steps_unused", torch.zeros(k, dtype=torch.int64))
+        self._sum_shards: Callable[[torch.Tensor], torch.Tensor] = _same
+        self._first_shard: Callable[[torch.Tensor], torch.Tensor] = _same
+
+    def share_statistics(
+        self,
+        sum_shards: Callable[[torch.Tensor], torch.Tensor],
+        first_shard: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        """For a batch split over processes (geovq.distributed sets this under torchrun):
+        ``sum_shards`` sums a tensor over them (EMA counts and sums, codeword use), so every
+        process updates the codebook alike; ``first_shard`` gives all the first one's tensor
+        (restart seeds, which each process would draw from its own shard)."""
+        self._sum_shards, self._first_shard = sum_shards, first_shard
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -260,31 +281,36 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _training_updates(self, z_e: torch.Tensor, codes: torch.Tensor) -> None:
+        counts = torch.bincount(codes, minlength=self.k).to(z_e.dtype)
         if self.update == "ema":
-            self._ema_update(z_e, codes)
+            sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, z_e)
+            # one reduction for both: column 0 the counts, the rest the sums
+            stats = self._sum_shards(torch.cat([counts.unsqueeze(1), sums], dim=1))
+            counts = stats[:, 0]
+            self._ema_update(counts, stats[:, 1:])
+        elif self.dead_code_restart > 0:
+            counts = self._sum_shards(counts)
         if self.dead_code_restart > 0:
-            self._restart_dead_codes(z_e, codes)
+            self._restart_dead_codes(z_e, counts > 0)
 
-    def _ema_update(self, z_e: torch.Tensor, codes: torch.Tensor) -> None:
+    def _ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
         """EMA of counts N_i and sums m_i; e_i = m_i / n_i with Laplace-smoothed counts."""
         decay = self.ema_decay
-        counts = torch.bincount(codes, minlength=self.k).to(z_e.dtype)
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, z_e)
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
         self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + EMA_EPSILON) / (total + self.k * EMA_EPSILON) * total
         self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(1))
 
-    def _restart_dead_codes(self, z_e: torch.Tensor, codes: torch.Tensor) -> None:
+    def _restart_dead_codes(self, z_e: torch.Tensor, used: torch.Tensor) -> None:
         """Re-seed codewords unused for ``dead_code_restart`` steps from this batch's z_e."""
         self.steps_unused.add_(1)
-        self.steps_unused[codes] = 0
+        self.steps_unused[used] = 0
         dead = torch.nonzero(self.steps_unused >= self.dead_code_restart).flatten()
         if dead.numel() == 0 or z_e.shape[0] == 0:
             return
         rows = self._random_rows(z_e.shape[0], dead.numel()).to(z_e.device)
-        seeds = z_e[rows].to(self.embedding.dtype)
+        seeds = self._first_shard(z_e[rows].to(self.embedding.dtype))
         # An optimizer's moments for a re-seeded row are left as they are.
         self.embedding[dead] = seeds
         if self.update == "ema":

@@ -11,7 +11,7 @@ import json
 
 import torch
 
-from geovq import GeovqError
+from geovq import GeovqError, distributed
 from geovq.artifacts import LatentsMeta, VaeFiles, load_vae, run_data_settings
 from geovq.data import Dataset, Split, load_dataset, to_float
 from geovq.models.vae import VAE
@@ -28,14 +28,15 @@ OWN_SPLITS = ("train", "test")
 def encode_split(
     model: VAE, images_u8: torch.Tensor, batch_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C, H, W) uint8 -> mu, logvar (N, D) float32 on the CPU; batched, deterministic."""
-    mus, logvars = [], []
-    for start in range(0, images_u8.shape[0], batch_size):
-        images = to_float(images_u8[start : start + batch_size].to(device))
-        mu, logvar = model.encode(images)
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
-    return torch.cat(mus), torch.cat(logvars)
+    """(N, C, H, W) uint8 -> mu, logvar (N, D) float32 on the CPU; batched, deterministic.
+    Under torchrun the ranks share the batches out and every rank gets the whole result."""
+
+    def encode(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = model.encode(to_float(images_u8[start:stop].to(device)))
+        return mu.float().cpu(), logvar.float().cpu()
+
+    mu, logvar = distributed.map_batches(encode, images_u8.shape[0], batch_size)
+    return mu, logvar
 
 
 @stage

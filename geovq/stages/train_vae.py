@@ -80,8 +80,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         charged = per_dim.clamp_min(free_bits) if free_bits else per_dim
         betas = controller.betas.to(per_dim.device, per_dim.dtype)
         loss = rec + (betas * charged.reshape(chunks, -1).sum(1)).sum()
-        controller.update(per_dim.detach().reshape(chunks, -1).sum(1))
-        return loss, {"loss": loss, "recon": rec, "kl": per_dim.sum()}
+        kl_chunks = per_dim.detach().reshape(chunks, -1).sum(1)
+        return loss, {"loss": loss, "recon": rec, "kl": per_dim.sum(), "_kl_chunks": kl_chunks}
 
     def evaluate() -> dict[str, float]:
         figures = evaluate_vae(model, test_images, recon, controller.beta, settings.seed)
@@ -103,6 +103,8 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         files.checkpoint,
         progress=progress,
         label=f"train-vae{files.flag}",
+        # the βs follow the whole batch's KL (the same on every rank under torchrun)
+        on_step_end=lambda terms: controller.update(terms["_kl_chunks"]),
         log=TrainingLog(
             run_dir.path,
             files.train_key,

@@ -1,4 +1,5 @@
 import math
+import threading
 
 import pytest
 import torch
@@ -310,6 +311,79 @@ def test_dead_code_restart_disabled_and_in_eval_mode():
         for _ in range(3):
             quantizer(z_e)
         assert torch.equal(quantizer.codebook, codebook)
+
+
+# --- a batch split over processes -----------------------------------------------------------
+
+
+class _TwoProcesses:
+    """Two quantizers in two threads standing in for two torchrun ranks: ``sum`` and
+    ``first`` exchange their tensors at a barrier, as an all-reduce and a broadcast would."""
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(2, timeout=10)
+        self.slots: list[torch.Tensor | None] = [None, None]
+
+    def hooks(self, rank: int):
+        def exchange(tensor: torch.Tensor) -> list[torch.Tensor]:
+            self.slots[rank] = tensor.clone()
+            self.barrier.wait()
+            both = list(self.slots)
+            self.barrier.wait()
+            return both
+
+        def sum_shards(tensor: torch.Tensor) -> torch.Tensor:
+            mine, other = exchange(tensor)
+            return mine + other
+
+        def first_shard(tensor: torch.Tensor) -> torch.Tensor:
+            return exchange(tensor)[0]
+
+        return sum_shards, first_shard
+
+
+def _shard_steps(quantizers: list[VectorQuantizer], batches: list[torch.Tensor]) -> None:
+    """Each quantizer trains on its rank's rows (every other one) of every batch, in a thread."""
+
+    def work(rank: int) -> None:
+        for z_e in batches:
+            quantizers[rank](z_e[rank::2])
+
+    threads = [threading.Thread(target=work, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("restart", [0, 2])
+def test_shared_statistics_train_the_codebook_like_one_process(restart):
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(64, 3, generator=generator) * 2 for _ in range(6)]
+    start = torch.randn(8, 3, generator=generator)
+    start[0] = 1000.0  # never used: restarted when restarts are on
+    whole, *shards = (
+        VectorQuantizer(8, 3, update="ema", dead_code_restart=restart, seed=0).train()
+        for _ in range(3)
+    )
+    processes = _TwoProcesses()
+    for rank, quantizer in enumerate(shards):
+        quantizer.init_codebook(start)
+        quantizer.share_statistics(*processes.hooks(rank))
+    whole.init_codebook(start)
+    for z_e in batches:
+        whole(z_e)
+    _shard_steps(shards, batches)
+
+    for name, tensor in shards[0].state_dict().items():  # the two ranks agree exactly
+        assert torch.equal(tensor, shards[1].state_dict()[name]), name
+    if restart:  # restart seeds come from rank 0's rows, not the whole batch's
+        assert float(shards[0].codebook[0].abs().max()) < 100
+        assert float(whole.codebook[0].abs().max()) < 100
+        return
+    for name in ("embedding", "cluster_size", "embed_sum", "steps_unused"):
+        torch.testing.assert_close(getattr(shards[0], name), getattr(whole, name))
+    assert float(whole.codebook[0].abs().max()) > 100  # unused, and never restarted
 
 
 # --- determinism ----------------------------------------------------------------------------
