@@ -9,10 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
 
 def code_counts(codes: torch.Tensor, k: int, per_position: bool = False) -> torch.Tensor:
@@ -111,6 +107,8 @@ def decoded_mse(
 
 def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> float:
     """Peak signal-to-noise ratio (dB, data range 1) over the whole set: 10 log10(1 / MSE)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # ~2 s: only when used
+
     _check_pair(reconstructions, images)
     value = peak_signal_noise_ratio(reconstructions.double(), images.double(), data_range=1.0)
     return value.item()
@@ -121,6 +119,8 @@ def ssim(reconstructions: torch.Tensor, images: torch.Tensor, *, batch_size: int
 
     Per-image SSIMs are summed chunk by chunk to bound memory, then divided by N.
     """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     _check_pair(reconstructions, images)
     if images.dim() != 4:
         raise ValueError(f"ssim needs (N, C, H, W) images, got shape {tuple(images.shape)}")

@@ -8,7 +8,6 @@ features), ``rates`` (nominal and prior rates, equal-rate pairs, rate–distorti
 """
 
 from geovq.evaluation.budget import training_budget
-from geovq.evaluation.frechet import FrechetScorer, frechet_distance
 from geovq.evaluation.prior_nll import code_baselines, split_bits_per_code
 from geovq.evaluation.rates import (
     RATES,
@@ -27,6 +26,18 @@ from geovq.evaluation.reconstruction import (
     reconstruction_figures,
 )
 from geovq.evaluation.sweep import sweep_points
+
+_LAZY = {"FrechetScorer", "frechet_distance"}  # torchmetrics' FID costs ~2 s to import
+
+
+def __getattr__(name: str):
+    """``frechet`` on first use: stages that only need rates or NLLs (train-prior in every
+    torchrun rank) do not pay for importing torchmetrics."""
+    if name in _LAZY:
+        from geovq.evaluation import frechet
+
+        return getattr(frechet, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "RATES",
