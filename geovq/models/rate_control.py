@@ -5,12 +5,16 @@ A post-hoc code of B bits per image can carry at most B·ln 2 nats; a VAE whose 
 that wastes the code's capacity, one far above it loses more to quantization. Training
 minimises recon + β·KL while β follows log β ← log β + gain · clip((KL_ema − target) / target,
 ±1) after every step, so β falls while the KL is short of the target and rises past it.
+
+With ``chunks`` L > 1 there is one β per chunk of the latent (a spatial VAE's positions), each
+driving its chunk's KL to target/L. A fixed-length code spends the same bits on every chunk; a
+VAE held only at a total rate spreads its KL unevenly (on MNIST's 7x7 grid, 10-13 bits at the
+centre and 2 at the border), so the code's chunks are over- and under-filled at once.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -23,75 +27,33 @@ def bits_to_nats(bits: float) -> float:
     return bits * math.log(2)
 
 
-@dataclass
 class RateController:
-    """β as a multiplier that holds the KL (nats per image) at ``target_nats``.
+    """β (one per chunk) as multipliers holding the KL (nats per image) at ``target_nats``.
 
-    ``kl_ema`` smooths the per-batch KL (``momentum``) so β does not chase batch noise; the
-    relative error is clipped to ±1 so one step moves β by at most a factor e^gain.
-    """
-
-    target_nats: float
-    beta: float = 1.0
-    gain: float = 0.05
-    momentum: float = 0.9
-    kl_ema: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.target_nats <= 0:
-            raise ValueError(f"target rate must be > 0 nats, got {self.target_nats}")
-        if self.beta <= 0:
-            raise ValueError(f"the controller's initial beta must be > 0, got {self.beta}")
-        if self.gain <= 0 or not 0 <= self.momentum < 1:
-            raise ValueError(
-                f"need gain > 0 and 0 <= momentum < 1, got {self.gain}, {self.momentum}"
-            )
-
-    def update(self, kl: float) -> float:
-        """Fold one batch's mean KL (nats per image; a float or a 0-d tensor) in; returns β."""
-        kl = float(kl)
-        if self.kl_ema is None:
-            self.kl_ema = kl
-        else:
-            self.kl_ema = self.momentum * self.kl_ema + (1 - self.momentum) * kl
-        error = max(-1.0, min(1.0, (self.kl_ema - self.target_nats) / self.target_nats))
-        self.beta = min(BETA_MAX, max(BETA_MIN, self.beta * math.exp(self.gain * error)))
-        return self.beta
-
-    def state(self) -> dict[str, float]:
-        """What an epoch record keeps so ``--resume`` continues with the same β."""
-        return {"beta": self.beta, "kl_ema": self.kl_ema if self.kl_ema is not None else -1.0}
-
-    def restore(self, record: dict[str, float]) -> None:
-        self.beta = record["beta"]
-        self.kl_ema = record["kl_ema"] if record["kl_ema"] >= 0 else None
-
-
-class ChunkRateController:
-    """One β per latent chunk, each holding its chunk's KL at ``target_nats / chunks``.
-
-    A fixed-length code spends the same bits on every chunk (position) of the latent; a VAE
-    held only at a total rate spreads its KL unevenly (on MNIST's 7x7 grid, 10-13 bits at the
-    centre and 2 at the border), so the code's chunks are over- and under-filled at once. With
-    one multiplier per chunk, chunk l's KL is driven to target/L by ``RateController``'s rule:
-    the VAE's information is laid out as the code will carry it. ``chunks=1`` is the plain
-    whole-latent controller; ``beta`` (the mean β) is what is reported.
+    ``kl_emas`` smooth the per-batch KL (``momentum``) so β does not chase batch noise; the
+    relative error is clipped to ±1 so one step moves β by at most a factor e^gain. ``beta``
+    (the mean over chunks) is what is reported.
     """
 
     def __init__(
         self,
         target_nats: float,
         chunks: int = 1,
-        beta_start: float = 1.0,
+        beta: float = 1.0,
         gain: float = 0.05,
         momentum: float = 0.9,
     ) -> None:
+        if target_nats <= 0:
+            raise ValueError(f"target rate must be > 0 nats, got {target_nats}")
         if chunks < 1:
             raise ValueError(f"the rate needs at least one chunk, got {chunks}")
-        RateController(target_nats, beta_start, gain, momentum)  # the same checks
+        if beta <= 0:
+            raise ValueError(f"the controller's initial beta must be > 0, got {beta}")
+        if gain <= 0 or not 0 <= momentum < 1:
+            raise ValueError(f"need gain > 0 and 0 <= momentum < 1, got {gain}, {momentum}")
         self.chunks, self.gain, self.momentum = chunks, gain, momentum
         self.share = target_nats / chunks
-        self.log_betas = torch.full((chunks,), math.log(beta_start), dtype=torch.float64)
+        self.log_betas = torch.full((chunks,), math.log(beta), dtype=torch.float64)
         self.kl_emas: torch.Tensor | None = None
 
     @property
@@ -103,8 +65,9 @@ class ChunkRateController:
     def beta(self) -> float:
         return float(self.betas.mean())
 
-    def update(self, kl_per_chunk: torch.Tensor) -> torch.Tensor:
-        """Fold one batch's mean KL of each chunk (L,) in (nats per image); returns the βs."""
+    def update(self, kl_per_chunk) -> torch.Tensor:
+        """Fold one batch's mean KL of each chunk (L values, nats per image; a float when
+        L = 1) in; returns the βs."""
         kl = torch.as_tensor(kl_per_chunk).detach().to("cpu", torch.float64).reshape(-1)
         if kl.numel() != self.chunks:
             raise ValueError(f"expected the KL of {self.chunks} chunks, got {kl.numel()}")
@@ -121,13 +84,12 @@ class ChunkRateController:
     def state(self) -> dict[str, float | list[float]]:
         """What an epoch record keeps so ``--resume`` continues with the same βs."""
         emas = self.kl_emas.tolist() if self.kl_emas is not None else [-1.0] * self.chunks
-        state: dict[str, float | list[float]] = {"beta": self.beta, "kl_ema": emas[0]}
-        if self.chunks > 1:
-            state = {"beta": self.beta, "betas": self.betas.tolist(), "kl_emas": emas}
-        return state
+        if self.chunks == 1:
+            return {"beta": self.beta, "kl_ema": emas[0]}
+        return {"beta": self.beta, "betas": self.betas.tolist(), "kl_emas": emas}
 
     def restore(self, record: dict) -> None:
-        """From ``state()``, or a whole-latent controller's (every chunk that β)."""
+        """From ``state()`` (a one-chunk state gives every chunk its β)."""
         betas = record.get("betas", [record["beta"]] * self.chunks)
         emas = record.get("kl_emas", [record.get("kl_ema", -1.0)] * self.chunks)
         if len(betas) != self.chunks:

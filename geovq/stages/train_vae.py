@@ -10,7 +10,7 @@ from geovq import GeovqError, memory
 from geovq.artifacts import VaeFiles, VaeMeta
 from geovq.data import Dataset, load_dataset, to_float
 from geovq.models.blocks import TRUNK_CHANNELS
-from geovq.models.rate_control import ChunkRateController, bits_to_nats
+from geovq.models.rate_control import RateController, bits_to_nats
 from geovq.models.vae import (
     VAE,
     VAEConfig,
@@ -204,15 +204,15 @@ def _rate_chunks(settings: Settings, config: VAEConfig) -> int:
 
 def _controller(
     settings: Settings, run_dir: RunDir, checkpoint: str, chunks: int
-) -> ChunkRateController | _FixedBeta:
+) -> RateController | _FixedBeta:
     """β's controller (one β per rate chunk); a fixed β when there is no target rate."""
     vae = settings.vae
     if vae.target_rate is None:
         return _FixedBeta(vae.beta)
     if vae.beta <= 0:
         raise GeovqError("--target-rate needs --beta > 0 to start from (e.g. --beta 1)")
-    controller = ChunkRateController(
-        bits_to_nats(vae.target_rate), chunks, beta_start=vae.beta, gain=vae.rate_gain
+    controller = RateController(
+        bits_to_nats(vae.target_rate), chunks, beta=vae.beta, gain=vae.rate_gain
     )
     if vae.resume:
         history = checkpoint_history(run_dir, checkpoint)
