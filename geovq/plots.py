@@ -204,11 +204,9 @@ def rate_distortion_figure(points: list[dict], *, rate: str = "nominal") -> Figu
             zorder=3 if style["filled"] else 4,  # hollow on top: a filled twin stays visible
         )
     _log2_axis(ax, [point["bits_per_image"] for point in points])
-    low, high = ax.get_ylim()
-    pad = 0.08 * (high - low)
-    ax.set_ylim(low - pad, high + pad)
+    _log_mse_axis(ax, [point["mse"] for point in points])
     ax.set_xlabel(RATE_AXES[rate])
-    ax.set_ylabel("MSE per pixel")
+    ax.set_ylabel("MSE per pixel (log scale)")
     ax.set_title(f"Rate-distortion ({rate} rate)")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(
@@ -363,6 +361,30 @@ def _log2_axis(ax, values: list[float]) -> None:
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _log_mse_axis(ax, values: list[float]) -> None:
+    """Log y axis (low and high rates differ tenfold in MSE, so a linear axis crowds the high
+    rate's points together), ticks at 1, 2 and 5 per decade written as plain decimals."""
+    ax.set_yscale("log")
+    low, high = min(values), max(values)
+    ax.set_ylim(low / 1.25, high * 1.25)
+    ticks = [
+        step * 10.0**e
+        for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+        for step in (1, 2, 5)
+        if low / 1.25 <= step * 10.0**e <= high * 1.25
+    ]
+    if len(ticks) < 3:  # a narrow range: finer steps
+        ticks = [
+            step * 10.0**e
+            for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+            for step in range(1, 10)
+            if low / 1.25 <= step * 10.0**e <= high * 1.25
+        ]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
 
 
 def _new_figure(size: tuple[float, float]) -> Figure:
