@@ -30,6 +30,18 @@ def test_refit_keeps_encoder_and_codes_and_lowers_train_mse(quantized):
     assert decoder and all(k.startswith(("decoder.", "from_latent.")) for k in decoder)
     vae, _ = run.load_tensors("vae.safetensors", "vae")
     assert any(not torch.equal(vae[k], decoder[k]) for k in decoder)
+    # "before" is the codes through the VAE's own decoder: decode them here, another way
+    from geovq.data import load_dataset
+    from geovq.settings import DataSettings
+    from geovq.stages.sources import load_source
+
+    plain = load_source(run, "quant/w2-k16", torch.device("cpu"), use_refit=False)
+    data = run.stage("train-vae")["settings"]["data"]
+    images = load_dataset(DataSettings(**data)).splits
+    for split in ("train", "test"):
+        pixels = images[split].images.float() / 255
+        direct = float(((plain.decode(plain.codes[split]) - pixels) ** 2).mean())
+        assert metrics["mse_before"][split] == pytest.approx(direct, rel=1e-5)
 
 
 def test_sources_decode_through_the_refit(quantized):
