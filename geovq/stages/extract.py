@@ -27,16 +27,20 @@ OWN_SPLITS = ("train", "test")
 @torch.no_grad()
 def encode_split(
     model: VAE, images_u8: torch.Tensor, batch_size: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C, H, W) uint8 -> mu, logvar (N, D) float32 on the CPU; batched, deterministic.
-    Under torchrun the ranks share the batches out and every rank gets the whole result."""
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(N, C, H, W) uint8 -> mu, logvar (N, D) float32 on the CPU, and the MSE per pixel of
+    decoding mu (the continuous reconstruction every quantization of these latents is measured
+    against, so it is measured once, here); batched, deterministic. Under torchrun the ranks
+    share the batches out and every rank gets the whole result."""
 
-    def encode(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = model.encode(to_float(images_u8[start:stop].to(device)))
-        return mu.float().cpu(), logvar.float().cpu()
+    def encode(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = to_float(images_u8[start:stop].to(device))
+        mu, logvar = model.encode(images)
+        sq_err = (torch.sigmoid(model.decode(mu)).float() - images).double().pow(2).sum()
+        return mu.float().cpu(), logvar.float().cpu(), sq_err.cpu().reshape(1)
 
-    mu, logvar = distributed.map_batches(encode, images_u8.shape[0], batch_size)
-    return mu, logvar
+    mu, logvar, sq_err = distributed.map_batches(encode, images_u8.shape[0], batch_size)
+    return mu, logvar, float(sq_err.sum()) / images_u8[0].numel() / images_u8.shape[0]
 
 
 @stage
@@ -64,9 +68,12 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         splits[name] = _whole(load_dataset(DataSettings(**data_json)), image_shape, name)
 
     tensors: dict[str, torch.Tensor] = {}
+    mse: dict[str, float] = {}
     progress.start(files.extract_key, total=len(splits))
     for name, split in splits.items():
-        mu, logvar = encode_split(model, split.images, settings.extract.batch_size, device)
+        mu, logvar, mse[name] = encode_split(
+            model, split.images, settings.extract.batch_size, device
+        )
         fix = f"retrain the VAE (`geovq train-vae{files.flag} --force`, e.g. with a lower --lr)"
         check_finite(mu, f"the latents of split {name}", fix)
         check_finite(logvar, f"the log-variances of split {name}", fix)
@@ -82,15 +89,20 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     )
     record.write(files.latents, tensors, meta.to_metadata())
     counts = {name: len(split) for name, split in splits.items()}
-    metrics = {"splits": counts, "latent_dim": model.config.total_latent_dim}
+    metrics = {
+        "splits": counts,
+        "latent_dim": model.config.total_latent_dim,
+        "mse_per_pixel": mse,  # decoding mu, per split
+    }
     record.finish(metrics)
-    rows = [[name, f"{count} x {model.config.total_latent_dim}"] for name, count in counts.items()]
+    dim = model.config.total_latent_dim
+    rows = [[name, f"{count} x {dim}", f"{mse[name]:.5f}"] for name, count in counts.items()]
     return StageResult(
         files.extract_key,
         metrics,
         record.outputs,
         title=files.extract_key,
-        columns=["split", "latents"],
+        columns=["split", "latents", "mse/pixel (mu)"],
         rows=rows,
     )
 

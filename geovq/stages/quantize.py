@@ -128,6 +128,11 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
 
     codes: dict[str, torch.Tensor] = {}
     split_metrics: dict[str, dict] = {}
+    # extract measured decoding mu when it wrote these latents (verified above); older runs'
+    # records lack it, so it is decoded here
+    continuous = ((record.record_of(files.extract_key) or {}).get("metrics") or {}).get(
+        "mse_per_pixel", {}
+    )
     for split in splits:
         split_codes = (
             fit.codes
@@ -138,7 +143,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         split_metrics[split] = quantization_metrics(
             fit.codebook, split_codes, mu[split], sigma[split], vae.decode, images[split], device
         )
-        split_metrics[split]["vae_mse_per_pixel"] = decoded_mse(
+        split_metrics[split]["vae_mse_per_pixel"] = continuous.get(split) or decoded_mse(
             vae.decode, latents[f"{split}.mu"], images[split], device
         )
 

@@ -47,6 +47,18 @@ def test_quantize_writes_codebook_codes_and_metrics(tiny_run, metric):
     expected = w2_sq(mu, sigma, codebook["mu"][c].double(), codebook["sigma"][c].double()).mean()
     assert test["distortion"] == pytest.approx(float(expected), rel=1e-6)
     assert meta["kind"] == "posthoc" and meta["grid"] == [2, 4]
+    # The continuous reference (decoding mu, measured by extract): decoded here directly.
+    from geovq.artifacts import Reader, load_vae
+    from geovq.data import load_dataset
+    from geovq.settings import DataSettings
+
+    vae, _ = load_vae(Reader(run), torch.device("cpu"))
+    data = load_dataset(DataSettings(**run.stage("train-vae")["settings"]["data"])).splits
+    for split in ("train", "test"):
+        with torch.no_grad():
+            recon = torch.sigmoid(vae.decode(latents[f"{split}.mu"]))
+        direct = float((recon - data[split].images.float() / 255).pow(2).mean())
+        assert metrics["splits"][split]["vae_mse_per_pixel"] == pytest.approx(direct, rel=1e-5)
 
 
 def test_w2_test_codes_are_the_nearest_codeword(tiny_run):
