@@ -53,9 +53,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "compare": {"samples": 64, "sweep_k": "8,32", "classifier_epochs": 1},
         "study": {"spatial_metrics": ["w2", "scalar"]},
     },
-    # Meaningful results on mnist5k: about 15 minutes on 2 CPU cores before FSQ, scalar and
-    # geodesic-barycenter sources and equal epochs were added (estimated ~25 now; minutes on a
-    # GPU). The VQ-VAEs and FSQ train 12 + 5 = 17 epochs, the VAEs' plus the refits'.
+    # Meaningful results on mnist5k: 29 min 33 s on 2 CPU cores (~420 training images/s),
+    # measured at commit 3a0fbea; minutes on a GPU. The VQ-VAEs and FSQ train 12 + 5 = 17
+    # epochs, the VAEs' plus the refits'.
     "default": {
         "vae": {"epochs": 12},
         "prior": {"epochs": 5},
@@ -63,23 +63,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "compare": {"sweep_k": "16,64,256,1024", "samples": 300},
     },
     # All of Fashion-MNIST (60,000 train, 10,000 test images; 480,000 flat latent chunks and
-    # 2.94 M spatial ones) in about an hour on 2 CPU cores. Budget from measured speeds on 2
-    # free cores (~450 training images/s for VAEs and VQ-VAEs, ~770/s for decoder refits,
-    # ~2,000/s and ~500/s for 2x4 and 7x7 priors; k-means ~18 s per restart at 480k points),
-    # 60,000 images per epoch:
-    #   VAEs 2 epochs: 2 x 270 s;   VQ-VAEs 2 + 1 = 3 epochs (equal budget): 2 x 400 s
-    #   (no FSQ: 2 more models would cost 800 s);   refits 1 epoch: 6 x 80 s
-    #   priors 1 epoch: 6 x 30 s (2x4) + 2 x 120 s (7x7);   extract ~60 s; quantize ~300 s
-    #   (5 flat sources, spatial w2 on 2.94 M chunks); sample ~30 s; compare ~600 s (sweep
-    #   K = 16, 64, 256; classifier; 300 samples per source)
-    #   total ~3,300 s, about 55 minutes. With a GPU, use the `full` preset.
+    # 2.94 M spatial ones) on 2 CPU cores. Measured at commit 3a0fbea on 2 free cores (~420
+    # training images/s): train-vae 317 s, extract 37 s, quantize 100-124 s per flat source and
+    # 153 s spatial, refits (1 epoch = 68 s, the rest evaluation) 152-210 s, spatial VAE 306 s,
+    # 2x4 VQ-VAE 479 s; 17 of the then 35 steps took ~75 min, on course for ~95. Since then
+    # quantize and refit-decoder no longer decode every split once more (extract and quantize
+    # measured it) and this preset keeps 3 flat sources (euclidean, w2, geodesic with
+    # barycenters; not scalar or medoids): 27 steps, ~70 min predicted, not yet measured.
+    # With a GPU, use the `full` preset.
     "fashion": {
         "data": {"dataset": "fashion-mnist"},
         "vae": {"epochs": 2},
         "refit": {"epochs": 1},
         "prior": {"epochs": 1},
         "quantize": {"restarts": 1},
-        "study": {"spatial_metrics": ["w2"], "fsq": False},
+        "study": {
+            "metrics": ["euclidean", "w2", "geodesic"],
+            "geodesic_codewords": ["barycenter"],
+            "spatial_metrics": ["w2"],
+            "fsq": False,
+        },
         "compare": {"sweep_k": "16,64,256", "samples": 300},
     },
     # For a GPU and the full datasets.
