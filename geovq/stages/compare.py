@@ -117,8 +117,9 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
 
     progress.start("compare: reconstructions", total=len(sources) + len(vaes))
     entries, references = {}, {}
+    priors: dict[str, dict | None] = {}  # a refit source and its VAE-decoder row share codes
     for source in sources:
-        entries[source.label] = _source_entry(models, source, data, split)
+        entries[source.label] = _source_entry(models, source, data, split, priors)
         progress.advance(1)
     for files in vaes:
         references[files.vae] = _vae_entry(models, files, data, split)
@@ -222,8 +223,14 @@ def _classifier(
 
 
 # -- evaluate ----------------------------------------------------------------------------------
-def _source_entry(models: RunModels, source: Source, data: RunImages, split: str) -> dict:
+def _source_entry(
+    models: RunModels, source: Source, data: RunImages, split: str, priors: dict
+) -> dict:
+    """A source's figures on the split; ``priors`` caches prior figures by source name (its
+    decoder does not change its codes, so neither the prior's NLL nor the baselines)."""
     codes = source.codes[split]
+    if source.name not in priors:
+        priors[source.name] = _prior_figures(models, source, split)
     figures = summarize_codes(codes, source.k, per_position=source.per_position)
     figures.update(reconstruction_figures(source.decode(codes), data.images[split]))
     return {
@@ -238,7 +245,7 @@ def _source_entry(models: RunModels, source: Source, data: RunImages, split: str
         "vae": source.metadata.vae or "",
         "codes_on_the_fly": split in source.on_the_fly,
         "splits": {split: figures},
-        "prior": _prior_figures(models, source, split),
+        "prior": priors[source.name],
         "budget": _budget(models, source.training_stages),
     }
 
