@@ -63,17 +63,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "compare": {"sweep_k": "16,64,256,1024", "samples": 300},
     },
     # All of Fashion-MNIST (60,000 train, 10,000 test images; 480,000 flat latent chunks and
-    # 2.94 M spatial ones) on 2 CPU cores. Measured at commit 3a0fbea on 2 free cores (~420
-    # training images/s): train-vae 317 s, extract 37 s, quantize 100-124 s per flat source and
-    # 153 s spatial, refits (1 epoch = 68 s, the rest evaluation) 152-210 s, spatial VAE 306 s,
-    # 2x4 VQ-VAE 479 s; 17 of the then 35 steps took ~75 min, on course for ~95. Since then
-    # quantize and refit-decoder no longer decode every split once more (extract and quantize
-    # measured it) and this preset keeps 3 flat sources (euclidean, w2, geodesic with
-    # barycenters; not scalar or medoids): 27 steps, ~70 min predicted, not yet measured.
+    # 2.94 M spatial ones) on 2 CPU cores: one VAE epoch (so the VQ-VAEs train 1 + 1 = 2),
+    # one refit and prior epoch, one k-means restart, 3 flat sources and spatial w2, no FSQ.
+    # The 2-epoch form was on course for ~95 min on a ~420 images/s machine (3a0fbea).
     # With a GPU, use the `full` preset.
     "fashion": {
         "data": {"dataset": "fashion-mnist"},
-        "vae": {"epochs": 2},
+        "vae": {"epochs": 1},
         "refit": {"epochs": 1},
         "prior": {"epochs": 1},
         "quantize": {"restarts": 1},
@@ -83,7 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "spatial_metrics": ["w2"],
             "fsq": False,
         },
-        "compare": {"sweep_k": "16,64,256", "samples": 300},
+        "compare": {"sweep_k": "16,64,256", "samples": 300, "classifier_epochs": 1},
     },
     # For a GPU and the full datasets.
     "full": {
