@@ -14,3 +14,8 @@ class GeovqError(Exception):
 
 class Interrupted(Exception):
     """Raised when a stage stops on Ctrl-C after keeping its last complete epoch."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, or torchrun stopping the other ranks) as an interrupt: every cleanup
+    that runs on Ctrl-C (temporary files, staging folders, the kept epoch) runs on it too."""

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import typer
 from rich.markup import escape
 
-from geovq import Interrupted, __version__, distributed
+from geovq import Interrupted, Terminated, __version__, distributed, signals
 from geovq.progress import make_progress
 from geovq.settings import (
     TrainSettings,
@@ -53,6 +53,7 @@ app = typer.Typer(
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 PIPED_WIDTH = 160  # columns of piped output, at least
 
 DATA, MODEL, TRAINING, OUTPUT, GLOBAL = "Data", "Model", "Training", "Output", "Global"
@@ -292,8 +293,13 @@ def failure_line(error: BaseException) -> tuple[str | None, int]:
 
     if isinstance(error, Interrupted):
         return str(error), EXIT_INTERRUPTED
+    if isinstance(error, Terminated):
+        return (
+            "terminated (SIGTERM); nothing half-written was left in the run directory",
+            EXIT_TERMINATED,
+        )
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted; the run directory keeps its previous state", EXIT_INTERRUPTED
+        return "interrupted; nothing half-written was left in the run directory", EXIT_INTERRUPTED
     return describe_failure(error), EXIT_USER_ERROR
 
 
@@ -593,8 +599,10 @@ def config_init_command(g: Globals) -> None:
 
 
 def main() -> None:
+    signals.install()
     try:
         app()
     except SystemExit as done:
+        signals.ignore()  # the command is over: a late signal has nothing left to stop
         distributed.exit_process(done.code)  # after torchrun, skip torch's shutdown
         raise

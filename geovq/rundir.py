@@ -41,7 +41,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from geovq import GeovqError, __version__
+from geovq import GeovqError, __version__, signals
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -119,9 +119,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     temporary = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
         _write_synced(temporary, data)
+        _fault("term-while-writing", signal.SIGTERM)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with signals.held():  # a second signal must not cut the cleanup short
+            temporary.unlink(missing_ok=True)
         raise
 
 
@@ -619,21 +621,30 @@ class Transaction:
             journal = {"key": self.key, "moves": sorted(self.outputs)}
             _write_synced(self.folder / "commit.json.partial", json.dumps(journal).encode())
             _fault("before-commit")
-            os.replace(self.folder / "commit.json.partial", self.folder / "commit.json")
-            _fault("after-journal")
-            _roll_forward(self.run_dir.path, self.folder)
-            self.close()
+            with signals.held():  # journaled: finish it, Ctrl-C or not
+                os.replace(self.folder / "commit.json.partial", self.folder / "commit.json")
+                _fault("after-journal")
+                _fault("term-after-journal", signal.SIGTERM)
+                _roll_forward(self.run_dir.path, self.folder)
+                self._drop()
 
     def close(self) -> None:
-        """Drop the staging folder (after a commit, or to abandon the stage's outputs)."""
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                self.folder.parent.rmdir()  # only when empty
-            self.folder = None
-        if self._holder is not None:
-            os.close(self._holder)
-            self._holder = None
+        """Drop the staging folder (after a commit, or to abandon the stage's outputs). A
+        journaled commit that failed half way is left whole for the next stage to finish."""
+        if self.folder is not None and (self.folder / "commit.json").is_file():
+            self.folder = None  # not removed: the lock's cleanup rolls it forward
+        self._drop()
+
+    def _drop(self) -> None:
+        with signals.held():  # removed whole, even with a second signal on the way
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    self.folder.parent.rmdir()  # only when empty
+                self.folder = None
+            if self._holder is not None:
+                os.close(self._holder)
+                self._holder = None
 
 
 def _roll_forward(root: Path, folder: Path) -> None:
@@ -703,11 +714,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fault(point: str) -> None:
+def _fault(point: str, sig: signal.Signals = signal.SIGKILL) -> None:
     """Fault injection for tests: ``GEOVQ_FAULT_INJECT=after-journal`` kills this process
-    (SIGKILL, like ``kill -9``) at that step of a commit."""
+    (SIGKILL, like ``kill -9``) at that step of a commit; ``term-while-writing`` sends it
+    SIGTERM (like ``kill`` or torchrun) with a temporary file half way to its place, and
+    ``term-after-journal`` once a commit is journaled."""
     if os.environ.get(FAULT_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), sig)
 
 
 def os_error_message(error: OSError) -> str:

@@ -158,6 +158,35 @@ def test_kill_during_commit_leaves_old_or_new_state_never_a_mix(tiny_run, point)
         assert run.outputs_current("quantize/f2")
 
 
+def test_sigterm_mid_write_leaves_no_temporary_and_says_one_line(tiny_run):
+    before = visible_digest(tiny_run)
+    args = ("train-vae", "--run-dir", tiny_run, "--vae", "t", "--epochs", "1", "--device", "cpu")
+    process = geovq_process(*args, "-q", env_extra={"GEOVQ_FAULT_INJECT": "term-while-writing"})
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr  # stopped like Ctrl-C, not killed by the signal
+    assert stderr.splitlines() == [
+        "geovq: error: train-vae --vae t interrupted before its first epoch ended; nothing was "
+        "kept, so rerun without --resume"
+    ]
+    assert not list(tiny_run.rglob("*.tmp"))  # the checkpoint's temporary file went with it
+    assert not (tiny_run / ".staging").exists()
+    # only the epoch's training log, written as training goes, is new
+    after = {k: v for k, v in visible_digest(tiny_run).items() if not k.startswith("logs/")}
+    assert after == {k: v for k, v in before.items() if not k.startswith("logs/")}
+
+
+def test_sigterm_after_the_journal_finishes_the_commit(tiny_run):
+    args = ("quantize", "--run-dir", tiny_run, "--k", "4", "--name", "t", "--device", "cpu")
+    process = geovq_process(*args, "-q", env_extra={"GEOVQ_FAULT_INJECT": "term-after-journal"})
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr  # 128 + SIGTERM
+    assert stderr.splitlines() == [
+        "geovq: error: terminated (SIGTERM); nothing half-written was left in the run directory"
+    ]
+    assert not (tiny_run / ".staging").exists()  # held back until the commit was whole
+    assert RunDir(tiny_run).outputs_current("quantize/t")
+
+
 def test_stale_tmp_of_a_killed_write_is_removed_and_said(tiny_run):
     stale = tiny_run / "checkpoints" / ".train-vae.safetensors.999999-0123abcd.tmp"
     stale.write_bytes(b"x" * 100)
