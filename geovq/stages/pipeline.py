@@ -65,7 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # All of Fashion-MNIST (60,000 train, 10,000 test images; 480,000 flat latent chunks and
     # 2.94 M spatial ones) on 2 CPU cores: one VAE epoch (so the VQ-VAEs train 1 + 1 = 2),
     # one refit and prior epoch, one k-means restart, 3 flat sources and spatial w2, no FSQ.
-    # Measured at 4060d6f: 2 h 1 min on a 183 images/s machine, ~50 min of it sharing the
+    # Measured at 4060d6f: 2 h 1 min on a 183 images/s machine, ~37 min of it sharing the
     # cores with the test suite (the 2-epoch form was on course for ~95 min at ~420 images/s).
     # With a GPU, use the `full` preset.
     "fashion": {
