@@ -399,8 +399,18 @@ def load_codes(reader: Reader, quant: Quantization):
 
 
 def load_codebook(reader: Reader, quant: Quantization):
+    """A post-hoc quantization's codebook (a ``quant.codebook.Codebook``) and its metadata,
+    verified against the manifest."""
+    from geovq.quant.codebook import Codebook
+
     tensors, raw = reader.read(quant.codebook, quant.key, f"codebook of {quant.source}")
-    return tensors, _codes_meta(reader, quant, raw, quant.codebook)
+    meta = _codes_meta(reader, quant, raw, quant.codebook)
+    try:
+        return Codebook.from_tensors(tensors, meta.metric or "", meta.k), meta
+    except ValueError as error:
+        raise _bad_metadata(
+            reader.run_dir.file(quant.codebook), error, rerun_command(quant.key)
+        ) from None
 
 
 def _codes_meta(reader: Reader, quant: Quantization, raw: dict, relpath: str) -> CodesMeta:

@@ -23,12 +23,30 @@ from torchvision.utils import make_grid
 DPI = 100
 # Rate-distortion: a colour per method, post hoc as circles (squares, triangles for further
 # VAEs), end-to-end models as stars (VQ-VAE) and diamonds (FSQ).
-METHODS = ("euclidean", "w2", "geodesic", "geodesic-bary", "scalar", "vq-vae", "fsq")
-POSTHOC = METHODS[:5]
+METHODS = (
+    "euclidean",
+    "w2",
+    "geodesic",
+    "geodesic-bary",
+    "scalar",
+    "transform",
+    "vq-vae",
+    "fsq",
+)
+POSTHOC = METHODS[:6]
 METHOD_COLOURS = dict(
     zip(
         METHODS,
-        ("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:purple", "tab:red", "black"),
+        (
+            "tab:blue",
+            "tab:orange",
+            "tab:green",
+            "tab:olive",
+            "tab:purple",
+            "tab:brown",
+            "tab:red",
+            "black",
+        ),
         strict=True,
     )
 )
@@ -166,7 +184,7 @@ def rate_distortion_figure(points: list[dict], *, rate: str = "nominal") -> Figu
     source, the legend outside the axes.
 
     Each point is {"name", "family", "bits_per_image", "mse"}, optionally "method" (colour:
-    one per euclidean, w2, geodesic, geodesic-bary, scalar, vq-vae, fsq), "refit" (filled
+    one per euclidean, w2, geodesic, geodesic-bary, scalar, transform, vq-vae, fsq), "refit" (filled
     marker and solid line; hollow and dashed through the VAE's decoder), "vae" (marker shape
     of a post-hoc family, one per VAE) and "sweep": True (a K-sweep point, labelled by its K).
     A family with several points is a curve. ``rate`` names the x axis: "nominal" (L log2 K)

@@ -45,7 +45,7 @@ StageFamily = Literal[
 ]
 # ``geovq run --preset``: named value sets just above the defaults (geovq/stages/pipeline.py).
 Preset = Literal["quick", "default", "fashion", "full"]
-Metric = Literal["euclidean", "w2", "geodesic", "scalar"]
+Metric = Literal["euclidean", "w2", "geodesic", "scalar", "transform"]
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -170,7 +170,11 @@ class ExtractSettings(Section):
 
 
 class QuantizeSettings(Section):
-    metric: Metric = Field("w2", description="Distance between latent chunks.")
+    metric: Metric = Field(
+        "w2",
+        description="Distance between latent chunks (transform: code the whole latent, "
+        "L log2 K bits, on its principal axes).",
+    )
     k: int = Field(256, ge=1, description="Codebook size K.")
     levels: tuple[int, ...] | None = Field(
         None, description="Scalar: levels per chunk dimension, e.g. 4,4,4,4 (default: K split)."
@@ -327,11 +331,13 @@ class StudySettings(Section):
     """What ``geovq run`` includes beyond each stage's own settings."""
 
     metrics: list[Metric] = Field(
-        ["euclidean", "w2", "geodesic", "scalar"], description="Post-hoc metrics on the flat VAE."
+        ["euclidean", "w2", "geodesic", "scalar", "transform"],
+        description="Post-hoc metrics on the flat VAE.",
     )
     spatial: bool = Field(True, description="Also train a spatial VAE and quantize it.")
     spatial_metrics: list[Metric] = Field(
-        ["w2", "geodesic", "scalar"], description="Post-hoc metrics on the spatial VAE."
+        ["w2", "geodesic", "scalar", "transform"],
+        description="Post-hoc metrics on the spatial VAE.",
     )
     geodesic_codewords: list[Literal["medoid", "barycenter"]] = Field(
         ["medoid", "barycenter"], description="Codewords of each geodesic quantization."
@@ -346,6 +352,14 @@ class StudySettings(Section):
         True, description="Hold the spatial VAE's target per position (vae.rate_chunks)."
     )
     spatial_channels: int = Field(2, ge=1, description="Channels per position, spatial VAE.")
+    # A transform code gains from more dimensions at the same KL (it rotates them and spends
+    # the bits where the variance is); chunk codebooks lose from them (8 bits per 4-d chunk).
+    transform_channels: int = Field(
+        4,
+        ge=1,
+        description="Channels per position of the spatial VAE the transform code quantizes "
+        "(a second spatial VAE, spatialN, unless it is spatial_channels).",
+    )
     equal_epochs: bool = Field(
         True, description="End-to-end models train VAE epochs + refit epochs."
     )

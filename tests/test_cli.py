@@ -28,6 +28,7 @@ NO_FLAG = (
             "spatial_target_rate",
             "spatial_rate_per_position",
             "spatial_channels",
+            "transform_channels",
             "equal_epochs",
             "fsq",
         )
@@ -102,7 +103,7 @@ def test_completion_script_and_choices_complete():
         "COMP_CWORD": "3",
     }
     done = CliRunner().invoke(app, [], env=env, prog_name="geovq")
-    assert done.stdout.split() == ["euclidean", "w2", "geodesic", "scalar"]
+    assert done.stdout.split() == ["euclidean", "w2", "geodesic", "scalar", "transform"]
 
 
 @pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"info"}))

@@ -9,7 +9,7 @@ import torch
 
 from geovq.data import to_float
 from geovq.metrics import decoded_mse, mse_per_pixel, psnr, ssim, summarize_codes
-from geovq.quant.codebook import Codebook, codeword_latents
+from geovq.quant.codebook import Codebook, codeword_gaussians, codeword_latents
 from geovq.quant.distances import w2_sq
 
 DECODE_BATCH = 1000
@@ -53,11 +53,7 @@ def quantization_metrics(
     codes (N, L), chunk Gaussians mu, sigma (N, L, C), images (N, C, H, W) uint8.
     """
     figures = summarize_codes(codes, codebook.k, per_position=codebook.per_position)
-    if codebook.per_position:
-        positions = torch.arange(codes.shape[1])
-        word_mu, word_sigma = codebook.mu[positions, codes], codebook.sigma[positions, codes]
-    else:
-        word_mu, word_sigma = codebook.mu[codes], codebook.sigma[codes]
+    word_mu, word_sigma = codeword_gaussians(codebook, codes, mu.shape[-1])
     figures["distortion"] = float(
         w2_sq(mu.double(), sigma.double(), word_mu.double(), word_sigma.double()).mean()
     )

@@ -2,7 +2,8 @@
 
 A latent (N, D) splits into L chunks of C = D / L dims, each a diagonal Gaussian (mu, sigma).
 A codebook holds K codewords (mu, sigma), shared by all L positions (K, C) or one per position
-(L, K, C); codes (N, L) index it.
+(L, K, C); codes (N, L) index it. A transform code (metric "transform") has no codewords of
+chunks: its codes are one bit string per image over the whole latent (see quant.transform).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from geovq.quant.scalar import (
     product_codebook,
     scalar_level_indices,
 )
+from geovq.quant.transform import TransformCode, fit_transform
+from geovq.quant.transform import decode as transform_decode
+from geovq.quant.transform import encode as transform_encode
 
 CODEWORDS = ("medoid", "barycenter")
 
@@ -43,12 +47,14 @@ class Codebook:
 
     A geodesic codebook also keeps its cells' medoids, (K,) or (L, K) indices into the fit
     chunks (flattened when shared): with barycentric codewords they are the only way back to
-    the graph partition that assigns new points."""
+    the graph partition that assigns new points. A transform code keeps ``transform`` and
+    empty (0, 0) mu and sigma."""
 
     mu: Tensor
     sigma: Tensor
     metric: str
     medoids: Tensor | None = None
+    transform: TransformCode | None = None
 
     @property
     def per_position(self) -> bool:
@@ -56,7 +62,33 @@ class Codebook:
 
     @property
     def k(self) -> int:
-        return self.mu.shape[-2]
+        return self.transform.k if self.transform is not None else self.mu.shape[-2]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """What the codebook file holds (``from_tensors`` reads it back)."""
+        if self.transform is not None:
+            return self.transform.tensors()
+        words = {"mu": self.mu, "sigma": self.sigma}
+        if self.medoids is not None:
+            words["medoids"] = self.medoids
+        return words
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], metric: str, k: int) -> Codebook:
+        """The codebook a file's ``tensors`` hold; ValueError if they are not one."""
+        if metric == "transform":
+            code = TransformCode.from_tensors(tensors, k)
+            empty = torch.empty(0, 0, dtype=torch.float64)
+            return cls(empty, empty, metric, transform=code)
+        try:
+            return cls(tensors["mu"], tensors["sigma"], metric, tensors.get("medoids"))
+        except KeyError as missing:
+            raise ValueError(f"the codebook lacks {missing}") from None
+
+    def to(self, device: torch.device | str) -> Codebook:
+        """The codewords on ``device`` (what decoding needs; medoids stay behind)."""
+        transform = self.transform.to(device) if self.transform is not None else None
+        return Codebook(self.mu.to(device), self.sigma.to(device), self.metric, None, transform)
 
 
 @dataclass
@@ -111,6 +143,7 @@ def fit_codebook(
     Geodesic codewords are the medoids, or with codeword="barycenter" each cell's W2
     barycenter (the mean of [mu, sigma] over the cell). scalar: one Lloyd–Max quantizer per
     dimension with ``levels[c]`` levels (K = ∏ levels, `k` is ignored); codewords the grid.
+    transform: the whole latent transform-coded in L log2 K bits (quant.transform).
     """
     _check_chunks(mu, sigma)
     check_metric(metric)
@@ -118,6 +151,10 @@ def fit_codebook(
     if codeword not in CODEWORDS:
         raise ValueError(f"unknown codeword {codeword!r}: choose one of {', '.join(CODEWORDS)}")
     n, positions, chunk = mu.shape
+    if metric == "transform":
+        if per_position:
+            raise ValueError("a transform code spans the whole latent: it has no per-position form")
+        return _fit_transform_code(mu, sigma, k)
     points_per_fit = n if per_position else n * positions
     if metric == "scalar":
         k = _check_levels(levels, chunk)
@@ -163,6 +200,29 @@ def fit_codebook(
         knn=knn,
         geodesic_fits=[f.geodesic for f in fits if f.geodesic is not None],
     )
+
+
+def _fit_transform_code(mu: Tensor, sigma: Tensor, k: int) -> QuantizerFit:
+    n, positions, _ = mu.shape
+    started = time.perf_counter()
+    code = fit_transform(mu.reshape(n, -1), sigma.reshape(n, -1), positions, k)
+    codes = transform_encode(code, mu.reshape(n, -1))
+    error = mu.detach().cpu().double().reshape(n, -1) - transform_decode(code, codes)
+    empty = torch.empty(0, 0, dtype=torch.float64)
+    info = {
+        "metric": "transform",
+        "k": k,
+        "per_position": False,
+        "points": n,
+        "fit_seconds": time.perf_counter() - started,
+        "objective": float((error**2).sum()),
+        "iterations": [0],
+        "components_joined": 0,
+        "axes_with_bits": int((code.bits > 0).sum()),
+        "max_axis_bits": int(code.bits.max()),
+    }
+    codebook = Codebook(empty, empty.clone(), "transform", transform=code)
+    return QuantizerFit(codebook=codebook, codes=codes, info=info)
 
 
 @dataclass
@@ -313,6 +373,8 @@ def assign_codes(
     _check_chunks(mu, sigma)
     codebook = fit.codebook
     n, positions, chunk = mu.shape
+    if codebook.transform is not None:
+        return transform_encode(codebook.transform, mu.reshape(n, -1)).to(torch.int64)
     if chunk != codebook.mu.shape[-1]:
         raise ValueError(f"chunks have {chunk} dims, the codebook has {codebook.mu.shape[-1]}")
     if codebook.per_position and positions != codebook.mu.shape[0]:
@@ -431,12 +493,28 @@ def codeword_latents(codebook: Codebook, codes: Tensor) -> Tensor:
     if codes.ndim != 2:
         raise ValueError(f"codes must be (N, L), got shape {tuple(codes.shape)}")
     codes = codes.to(torch.int64)
+    if codebook.transform is not None:
+        return transform_decode(codebook.transform, codes).to(torch.float32)
     if codebook.per_position:
         positions = torch.arange(codes.shape[1]).unsqueeze(0)
         chunks = codebook.mu[positions, codes]
     else:
         chunks = codebook.mu[codes]
     return chunks.reshape(codes.shape[0], -1)
+
+
+def codeword_gaussians(codebook: Codebook, codes: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """Codes (N, L) -> the decoded chunk Gaussians' mu and sigma, each (N, L, chunk)."""
+    codes = codes.to(torch.int64)
+    if codebook.transform is not None:
+        n = codes.shape[0]
+        word_mu = transform_decode(codebook.transform, codes).reshape(n, -1, chunk)
+        word_sigma = codebook.transform.sigma.reshape(1, -1, chunk).expand_as(word_mu)
+        return word_mu, word_sigma
+    if codebook.per_position:
+        positions = torch.arange(codes.shape[1])
+        return codebook.mu[positions, codes], codebook.sigma[positions, codes]
+    return codebook.mu[codes], codebook.sigma[codes]
 
 
 def _check_chunks(mu: Tensor, sigma: Tensor) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-METRICS = ("euclidean", "w2", "geodesic", "scalar")
+METRICS = ("euclidean", "w2", "geodesic", "scalar", "transform")
 
 # Rows whose two nearest centers are closer than this (relative to the squared norms involved)
 # are re-checked by explicit differences, so near-ties agree with a direct float64 computation.
@@ -148,10 +148,11 @@ def w2_sq(mu_a: Tensor, sigma_a: Tensor, mu_b: Tensor, sigma_b: Tensor) -> Tenso
 
 def metric_features(mu: Tensor, sigma: Tensor, metric: str) -> Tensor:
     """The embedding where `metric` is Euclidean: [mu, sigma] for w2/geodesic, mu for euclidean
-    and scalar (a product codebook's nearest codeword on mu is the per-dimension nearest)."""
+    and scalar (a product codebook's nearest codeword on mu is the per-dimension nearest) and
+    transform (which codes mu)."""
     check_metric(metric)
     if mu.shape != sigma.shape:
         raise ValueError(f"mu and sigma shapes differ: {tuple(mu.shape)} vs {tuple(sigma.shape)}")
-    if metric in ("euclidean", "scalar"):
+    if metric in ("euclidean", "scalar", "transform"):
         return mu
     return torch.cat([mu, sigma], dim=-1)

@@ -42,6 +42,7 @@ from geovq.models.pixelcnn import sample_codes
 from geovq.plots import save_code_usage, save_image_rows, save_rate_distortion, save_sample_rows
 from geovq.progress import NullProgress
 from geovq.quant.settings_fit import fit_from_settings
+from geovq.quant.transform import check_budget
 from geovq.report import (
     HEADLINE_COLUMNS,
     headline_rows,
@@ -416,6 +417,15 @@ def _sample_quality(
     return results
 
 
+def _transform_refusal(mu: torch.Tensor, k: int) -> str | None:
+    """Why a transform code of chunks mu (N, L, C) cannot have K codes, or None."""
+    try:
+        check_budget(mu.shape[1] * mu.shape[2], mu.shape[1], k)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _sweep(
     models: RunModels, entries: dict, settings: Settings, data: RunImages, progress
 ) -> tuple[list[dict], list[str]]:
@@ -458,6 +468,12 @@ def _sweep(
             for k in ks
             if k > fit_points
         ]
+        if metric == "transform":  # K sets its bits: L log2 K must fit the latent's axes
+            refused = {k: _transform_refusal(fit_mu, k) for k in usable}
+            usable = [k for k in usable if refused[k] is None]
+            skipped += [
+                f"sweep skipped K={k} for {family}: {why}" for k, why in refused.items() if why
+            ]
         progress.advance(len(ks) - len(usable))
 
         def fit_at(k: int, q=q, fit_mu=fit_mu, fit_sigma=fit_sigma):

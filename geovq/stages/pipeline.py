@@ -1,7 +1,8 @@
 """``geovq run``: the whole study in one command, skipping every stage that is current.
 
-train-vae (flat, and spatial; each rate-matched to its codes) -> extract -> quantize (each
-metric; geodesic with medoid and barycenter codewords; scalar) -> refit-decoder -> train-vqvae
+train-vae (flat, and spatial; each rate-matched to its codes; a wider spatial one for the
+transform code) -> extract -> quantize (each metric; geodesic with medoid and barycenter
+codewords; scalar; transform) -> refit-decoder -> train-vqvae
 (VQ and FSQ, 2x4 bit-rate matched and the trunk's grid: 7x7 for 28x28 images, as many epochs as
 VAE + refit) -> train-prior (each source) -> sample -> compare.
 A stage is skipped when the manifest shows its outputs unchanged, its inputs unchanged and its
@@ -59,7 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "vae": {"epochs": 12},
         "prior": {"epochs": 5},
-        "study": {"spatial_metrics": ["w2", "scalar"]},
+        "study": {"spatial_metrics": ["w2", "scalar", "transform"]},
         "compare": {"sweep_k": "16,64,256,1024", "samples": 300},
     },
     # All of Fashion-MNIST (60,000 train, 10,000 test images; 480,000 flat latent chunks and
@@ -130,7 +131,15 @@ def plan(settings: Settings) -> list[Step]:
         # each position a chunk of the code, each held at its share of the rate
         per_position = study.spatial_rate_per_position and study.spatial_target_rate
         spatial["rate_chunks"] = trunk_h * trunk_w if per_position else None
-        latents.append(("spatial", "spatial", study.spatial_metrics, spatial))
+        metrics = study.spatial_metrics
+        if "transform" in metrics and study.transform_channels != study.spatial_channels:
+            # the transform code gets its own spatial VAE, same rate, more channels
+            metrics = [metric for metric in metrics if metric != "transform"]
+            wider = {**spatial, "spatial_channels": study.transform_channels}
+            extra = [(f"spatial{study.transform_channels}", "spatial", ["transform"], wider)]
+        else:
+            extra = []
+        latents += [("spatial", "spatial", metrics, spatial), *extra]
     for vae_name, layout, metrics, vae_options in latents:
         files = VaeFiles(vae_name)
         vae_settings = _with(base, vae={"name": vae_name, "latent": layout, **vae_options})

@@ -28,6 +28,7 @@ from geovq.evaluation.reconstruction import decoded_mse, quantization_metrics
 from geovq.progress import NullProgress
 from geovq.quant.codebook import assign_codes, chunk_latents
 from geovq.quant.settings_fit import codebook_size, fit_from_settings, scalar_levels
+from geovq.quant.transform import check_budget
 from geovq.rundir import RunDir
 from geovq.settings import QuantizeSettings, Settings, parse_grid
 from geovq.stages.record import StageResult, StageRun, check_finite, stage
@@ -159,11 +160,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         vae=files.name,
         fit_split=q.fit_split,
     ).to_metadata()
-    cb = fit.codebook
-    words = {"mu": cb.mu, "sigma": cb.sigma}
-    if cb.medoids is not None:
-        words["medoids"] = cb.medoids
-    record.write(quant.codebook, words, metadata)
+    record.write(quant.codebook, fit.codebook.tensors(), metadata)
     tensors = {}
     for split in splits:
         tensors[f"{split}.codes"] = codes[split].reshape(-1, *grid).to(torch.int64)
@@ -224,6 +221,19 @@ def _check_sizes(q: QuantizeSettings, k: int, fit_mu: torch.Tensor) -> None:
     levels must give one count per chunk dimension."""
     n_images, chunks, chunk_dim = fit_mu.shape
     points = n_images if q.codebook == "per-position" else n_images * chunks
+    if q.metric == "transform":
+        if q.codebook == "per-position":
+            raise GeovqError(
+                "--metric transform codes the whole latent: it has no per-position codebooks; "
+                "drop --codebook per-position"
+            )
+        try:
+            check_budget(chunks * chunk_dim, chunks, k)
+        except ValueError as error:
+            raise GeovqError(str(error)) from None
+        if n_images < 2:
+            raise GeovqError(f"--metric transform needs at least 2 latents to fit; got {n_images}")
+        return
     if q.metric == "scalar":
         if q.levels is not None and len(q.levels) != chunk_dim:
             raise GeovqError(

@@ -29,7 +29,7 @@ from geovq.data import to_float
 from geovq.metrics import decoded_mse
 from geovq.models.vae import VAE, reconstruction_loss
 from geovq.progress import NullProgress
-from geovq.quant.codebook import Codebook, codeword_latents
+from geovq.quant.codebook import codeword_latents
 from geovq.rundir import RunDir
 from geovq.settings import Settings
 from geovq.stages.record import StageResult, StageRun, stage
@@ -63,7 +63,7 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
         {"refit": json.loads(settings.refit.model_dump_json()), "seed": settings.seed},
         resume=settings.refit.resume,
     )
-    codebook_tensors, meta = load_codebook(record, quant)
+    codebook, meta = load_codebook(record, quant)
     codes_tensors, _ = load_codes(record, quant)
     files = VaeFiles(meta.vae)
     _refuse_changed_latents(record, quant, files)
@@ -71,7 +71,6 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     vae, vae_meta = load_vae(record, device, files)
     fit_split = meta.fit_split or "train"
     images = split_images(record, latents_meta, files)
-    codebook = Codebook(codebook_tensors["mu"], codebook_tensors["sigma"], meta.metric or "")
     quantized = {
         split: codeword_latents(codebook, codes_tensors[f"{split}.codes"].flatten(1))
         for split in images

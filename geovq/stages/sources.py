@@ -35,7 +35,6 @@ from geovq.artifacts import (
     recorded_vaes,
 )
 from geovq.quant.codebook import (
-    Codebook,
     QuantizerFit,
     assign_codes,
     chunk_latents,
@@ -223,11 +222,8 @@ class RunModels:
         device = self.device
         files = VaeFiles(meta.vae)
         vae, _ = self.vae(files)
-        tensors, _ = load_codebook(self.reader, quant)
-        codebook = Codebook(
-            tensors["mu"], tensors["sigma"], meta.metric or "", tensors.get("medoids")
-        )
-        on_device = Codebook(codebook.mu.to(device), codebook.sigma.to(device), codebook.metric)
+        codebook, _ = load_codebook(self.reader, quant)
+        on_device = codebook.to(device)
         decoder = files.vae
         if use_refit and self.run_dir.exists(quant.decoder):
             weights = load_refit_decoder(self.reader, quant)

@@ -33,6 +33,8 @@ def test_quick_run_does_the_whole_study(quick_run):
         "quantize/geodesic-bary-k32",
         "quantize/scalar-k32",
         "quantize/scalar-k32-spatial",
+        "quantize/transform-k32",
+        "refit-decoder/transform-k32",
         "train-vqvae/vqvae-7x7-k32",
         "train-vqvae/fsq-2x4-l8-4",
         "compare/test",
@@ -227,3 +229,30 @@ def test_quick_preset_runs_on_rgb_images(tmp_path, monkeypatch):
     assert (run / "report/test/reconstructions.png").is_file()
     codes = load_file(run / "vqvae/vqvae-8x8-k32/codes.safetensors")
     assert codes["test.codes"].shape == (16, 8, 8)
+
+
+def _planned(tmp_path, **study):
+    from geovq.settings import load_settings
+    from geovq.stages.pipeline import PRESETS, plan
+
+    settings = load_settings(
+        {"run_dir": tmp_path / "run", "study": study}, presets=PRESETS, preset_name=None
+    )
+    return {step.key: step for step in plan(settings)}
+
+
+def test_the_transform_code_gets_a_wider_spatial_vae_at_the_same_rate(tmp_path):
+    steps = _planned(tmp_path)
+    narrow = steps["train-vae/spatial"].settings.vae
+    wide = steps["train-vae/spatial4"].settings.vae
+    assert (narrow.spatial_channels, wide.spatial_channels) == (2, 4)
+    assert wide.target_rate == narrow.target_rate == 392.0
+    assert wide.rate_chunks == narrow.rate_chunks == 49 and wide.epochs == narrow.epochs
+    assert steps["quantize/transform-k256-spatial4"].deps == ["extract/spatial4"]
+    assert steps["quantize/transform-k256-spatial4"].settings.vae.name == "spatial4"
+    assert "quantize/transform-k256-spatial" not in steps
+    assert "quantize/w2-k256-spatial4" not in steps and "quantize/w2-k256-spatial" in steps
+    assert "refit-decoder/transform-k256-spatial4" in steps and "quantize/transform-k256" in steps
+    # one spatial VAE when the transform code wants its channels
+    same = _planned(tmp_path, transform_channels=2)
+    assert "train-vae/spatial4" not in same and "quantize/transform-k256-spatial" in same

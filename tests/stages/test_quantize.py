@@ -224,3 +224,46 @@ def test_scalar_levels_split_k_over_the_chunk_dimensions():
     assert scalar_levels(QuantizeSettings(metric="scalar", k=8, levels="2,4"), 2) == (2, 4)
     with pytest.raises(GeovqError, match="--levels"):
         scalar_levels(QuantizeSettings(metric="scalar", k=48), 4)
+
+
+def test_transform_quantize_codes_the_whole_latent_in_l_log2_k_bits(tiny_run):
+    from geovq.artifacts import Reader, load_vae
+    from geovq.data import load_dataset
+    from geovq.quant.transform import TransformCode, decode
+    from geovq.settings import DataSettings
+
+    result = _quantize(tiny_run, metric="transform", k=16)
+    metrics = result.metrics
+    assert metrics["name"] == "transform-k16" and metrics["bits_per_image"] == 8 * 4
+    run = RunDir(tiny_run)
+    tensors, meta = run.load_tensors("quant/transform-k16/codebook.safetensors", "codebook")
+    codes, _ = run.load_tensors("quant/transform-k16/codes.safetensors", "codes")
+    code = TransformCode.from_tensors(tensors, 16)
+    assert int(code.bits.sum()) == 32 and codes["test.codes"].shape == (64, 2, 4)
+    assert int(codes["test.codes"].max()) < 16 and meta["metric"] == "transform"
+    # the reported MSE is that of the VAE decoding the code's latents, recomputed here
+    vae, _ = load_vae(Reader(run), torch.device("cpu"))
+    data = load_dataset(DataSettings(**run.stage("train-vae")["settings"]["data"])).splits
+    with torch.no_grad():
+        latents = decode(code, codes["test.codes"].flatten(1)).float()
+        recon = torch.sigmoid(vae.decode(latents))
+    direct = float((recon - data["test"].images.float() / 255).pow(2).mean())
+    assert metrics["splits"]["test"]["mse_per_pixel"] == pytest.approx(direct, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"k": 12}, "power of two"),
+        ({"k": 2**40}, "at most 256"),
+        ({"k": 16, "codebook": "per-position"}, "no per-position"),
+    ],
+)
+def test_transform_quantize_refuses_what_it_cannot_code(tiny_run, options, needle):
+    from geovq import GeovqError
+
+    before = snapshot(tiny_run)
+    with pytest.raises(GeovqError, match=needle) as caught:
+        _quantize(tiny_run, metric="transform", **options)
+    assert "\n" not in str(caught.value)
+    assert snapshot(tiny_run) == before
