@@ -54,9 +54,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "compare": {"samples": 64, "sweep_k": "8,32", "classifier_epochs": 1},
         "study": {"spatial_metrics": ["w2", "scalar"]},
     },
-    # Meaningful results on mnist5k: 29 min 33 s on 2 CPU cores (~420 training images/s),
-    # measured at commit 3a0fbea; minutes on a GPU. The VQ-VAEs and FSQ train 12 + 5 = 17
-    # epochs, the VAEs' plus the refits'.
+    # Meaningful results on mnist5k: 47 min 28 s on 2 CPU cores (~400 training images/s,
+    # 17 minutes of it beside the test suite), measured at commit d661c7a with 55 stages;
+    # minutes on a GPU. The VQ-VAEs and FSQ train 12 + 5 = 17 epochs, the VAEs' plus the
+    # refits'.
     "default": {
         "vae": {"epochs": 12},
         "prior": {"epochs": 5},
