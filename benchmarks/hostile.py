@@ -239,7 +239,9 @@ def cases(scratch: Path) -> list[Case]:
     for args in sizes:
         add(Case(f"{args[0]} {args[1]} {args[2]} huge", args))
     for value_args in (("--k", "0"), ("--chunks", "5"), ("--grid", "3x3"), ("--metric", "cos"),
-                       ("--fit-split", "valid")):  # fmt: skip
+                       ("--fit-split", "valid"), ("--metric", "transform", "--k", "12"),
+                       ("--metric", "transform", "--k", "1099511627776"),
+                       ("--metric", "transform", "--codebook", "per-position")):  # fmt: skip
         add(Case(f"quantize {' '.join(value_args)}", ("quantize", *value_args)))
     folders = {
         "one image": image_folder(scratch, "one", None, count=1),

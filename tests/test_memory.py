@@ -30,3 +30,16 @@ def test_require_compares_with_what_is_available():
     require(1024, cpu, "a kilobyte", "never")
     with pytest.raises(GeovqError, match="use less"):
         require(10 * available_bytes(cpu), cpu, "ten machines", "use less")
+
+
+def test_compare_refuses_samples_that_cannot_fit(tiny_run):
+    quantized = cli("quantize", "--run-dir", tiny_run, "--device", "cpu", "-q", "--k", "4")
+    assert quantized.exit_code == 0, quantized.stderr
+    before = tree_digest(tiny_run)
+    result = cli(
+        "compare", "--run-dir", tiny_run, "--device", "cpu", "-q", "--samples", "1000000000"
+    )
+    assert result.exit_code == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "compare --samples 1000000000 needs about" in result.stderr
+    assert tree_digest(tiny_run) == before

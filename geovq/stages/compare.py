@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from geovq import GeovqError
+from geovq import GeovqError, memory
 from geovq.artifacts import PriorFiles, Quantization, VaeFiles
 from geovq.data import stratified_head, to_float
 from geovq.evaluation import (
@@ -115,6 +115,17 @@ def run(settings: Settings, progress: NullProgress | None = None) -> StageResult
     if not sources:
         raise GeovqError(f"no quantization has codes or latents for --split {split}")
     vaes = [files for files in latents_vaes(models) if f"{split}.mu" in models.latents(files)[0]]
+    # every source's random and prior samples and every VAE's are held at once, then scored
+    memory.require(
+        memory.images_bytes(
+            options.samples,
+            tuple(data.images[split].shape[1:]),
+            copies=2 * len(sources) + len(vaes) + 4,
+        ),
+        device,
+        f"compare --samples {options.samples}",
+        "use a smaller --samples",
+    )
 
     progress.start("compare: reconstructions", total=len(sources) + len(vaes))
     entries, references = {}, {}
