@@ -18,7 +18,8 @@ import torch
 from geovq.artifacts import Reader, VaeFiles, load_latents, load_vae, split_images
 from geovq.metrics import decoded_mse
 from geovq.quant.codebook import assign_codes, chunk_latents, codeword_latents, fit_codebook
-from geovq.quant.transform import allocate_bits, nearest_level
+from geovq.quant.scalar import nearest_level
+from geovq.quant.transform import allocate_bits
 from geovq.rundir import RunDir
 from geovq.stages.quantize import FLAT_DEFAULT_CHUNKS
 

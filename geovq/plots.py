@@ -184,8 +184,8 @@ def rate_distortion_figure(points: list[dict], *, rate: str = "nominal") -> Figu
     source, the legend outside the axes.
 
     Each point is {"name", "family", "bits_per_image", "mse"}, optionally "method" (colour:
-    one per euclidean, w2, geodesic, geodesic-bary, scalar, transform, vq-vae, fsq), "refit" (filled
-    marker and solid line; hollow and dashed through the VAE's decoder), "vae" (marker shape
+    one per euclidean, w2, geodesic, geodesic-bary, scalar, transform, vq-vae, fsq), "refit"
+    (filled marker and solid line; hollow and dashed through the VAE's decoder), "vae" (marker shape
     of a post-hoc family, one per VAE) and "sweep": True (a K-sweep point, labelled by its K).
     A family with several points is a curve. ``rate`` names the x axis: "nominal" (L log2 K)
     or "prior" (the prior's NLL).

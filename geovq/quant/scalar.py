@@ -98,13 +98,17 @@ def _lloyd(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return centers
 
 
+def nearest_level(values: Tensor, levels: Tensor) -> Tensor:
+    """Index (M,) of the nearest of the sorted levels (L,) to each value (ties go lower)."""
+    return torch.bucketize(values, (levels[1:] + levels[:-1]) / 2)
+
+
 def scalar_level_indices(values: Tensor, centers: list[Tensor]) -> Tensor:
     """(M, C) values -> (M, C) int64 index of the nearest of dimension c's sorted levels."""
-    columns = []
-    for dim, levels in enumerate(centers):
-        column = values[:, dim].detach().cpu().double()
-        bounds = (levels[1:] + levels[:-1]) / 2
-        columns.append(torch.bucketize(column, bounds))
+    columns = [
+        nearest_level(values[:, dim].detach().cpu().double(), levels)
+        for dim, levels in enumerate(centers)
+    ]
     return torch.stack(columns, dim=1)
 
 

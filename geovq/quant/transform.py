@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from geovq.quant.scalar import lloyd_max_1d
+from geovq.quant.scalar import lloyd_max_1d, nearest_level
 
 MAX_BITS = 8  # per axis: 256 levels (the level table is (D, 2^MAX_BITS))
 
@@ -167,11 +167,6 @@ def _quantizer(column: Tensor, bits: int) -> tuple[float, Tensor]:
 
 def _padded(levels: Tensor) -> Tensor:
     return torch.cat([levels, levels[-1:].expand(2**MAX_BITS - len(levels))])
-
-
-def nearest_level(values: Tensor, levels: Tensor) -> Tensor:
-    """Index (M,) of the nearest of the sorted levels (L,) to each value (ties go lower)."""
-    return torch.bucketize(values, (levels[1:] + levels[:-1]) / 2)
 
 
 def level_indices(code: TransformCode, mu: Tensor) -> Tensor:
